@@ -1,0 +1,28 @@
+# `make demo`: create .venv if missing, install the pinned dependencies, run the demo.
+# `make test`: the same environment, then the whole test suite (what CI runs).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Tests never touch the network: Hugging Face look-ups would otherwise retry for tens of seconds.
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+.PHONY: demo test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(OFFLINE) $(PY) tools/run.py config=projects/albef/configs/demo/pretrain.yaml $(ARGS)
+
+test: $(STAMP)
+	$(OFFLINE) $(PY) -m pytest -q tests $(ARGS)
+
+clean:
+	rm -rf $(VENV) save data

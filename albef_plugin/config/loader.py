@@ -1,0 +1,256 @@
+"""Build a run's configuration from ``config=<file>`` plus dotlist overrides.
+
+Precedence, low to high:
+
+1. the typed schema (``schema.RootConfig``) and ``albef_plugin/configs/defaults.yaml``;
+2. the model's defaults (its ``Config`` dataclass, then its ``config_path()`` YAML);
+3. each dataset builder's defaults, likewise;
+4. the ``config=`` file, after the files it lists under ``includes:`` (paths relative to
+   the including file; the including file wins);
+5. command-line ``key=value`` overrides.
+
+``model=`` and ``datasets=`` may come from the command line or from the config file;
+plugins (``env.user_dir`` and the ``albef_plugin.plugins`` entry points) are imported
+before the model and dataset defaults are looked up. Every node is typed, so an
+unknown or misspelled key at any depth fails here, naming its full path, where it
+came from and the closest valid key.
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+from pathlib import Path
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from albef_plugin.config.schema import RootConfig
+from albef_plugin.registry import DATASET_BUILDERS, MODELS, UnknownNameError
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+DEFAULTS_YAML = PACKAGE_DIR / "configs" / "defaults.yaml"
+# Where an include that is not found next to the including file is looked for.
+INCLUDE_SEARCH_PATH = (Path.cwd(), PACKAGE_DIR.parent, PACKAGE_DIR / "configs")
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the message says what and how."""
+
+
+# --------------------------------------------------------------------------- parsing
+def parse_opts(opts: Sequence[str]) -> Tuple[Optional[str], List[str]]:
+    """Split command-line options into the ``config=`` file and dotlist overrides."""
+    config_file: Optional[str] = None
+    dotlist: List[str] = []
+    for opt in opts:
+        if "=" not in opt:
+            raise ConfigError(
+                f"Cannot read option {opt!r}: options are key=value pairs, e.g. "
+                f"config=projects/albef/configs/demo/pretrain.yaml training.max_updates=50"
+            )
+        key, value = opt.split("=", 1)
+        key = key.lstrip("-")
+        if key == "config":
+            config_file = value
+        elif key == "dataset":  # MMF accepts both spellings
+            dotlist.append(f"datasets={value}")
+        else:
+            dotlist.append(f"{key}={value}")
+    return config_file, dotlist
+
+
+def _find_include(name: str, including_file: Path) -> Path:
+    candidates = [including_file.parent / name] + [root / name for root in INCLUDE_SEARCH_PATH]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    tried = ", ".join(str(c) for c in candidates)
+    raise ConfigError(f"{including_file}: included file {name!r} not found (tried {tried}).")
+
+
+def load_yaml(path: Path, _chain: Tuple[Path, ...] = ()) -> DictConfig:
+    """Load a YAML config, merging its ``includes:`` first (the file itself wins)."""
+    path = Path(path).resolve()
+    if path in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path))
+        raise ConfigError(f"includes form a cycle: {cycle}")
+    if not path.is_file():
+        where = f" (included from {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"Config file not found: {path}{where}. Check the path given to config=.")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as exc:  # yaml.YAMLError and friends
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(node).__name__}.")
+    includes = node.pop("includes", None) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    merged = OmegaConf.create()
+    for name in includes:
+        merged = OmegaConf.merge(merged, load_yaml(_find_include(str(name), path), (*_chain, path)))
+    return OmegaConf.merge(merged, node)
+
+
+# ------------------------------------------------------------------------- defaults
+def default_component_config(cls: type) -> DictConfig:
+    """A registered class's defaults: its ``Config`` dataclass, then its ``config_path()`` YAML.
+
+    The result is typed (struct mode): unknown keys merged into it raise.
+    """
+    config_cls = getattr(cls, "Config", None)
+    node = OmegaConf.structured(config_cls) if config_cls is not None else OmegaConf.create()
+    config_path = cls.config_path() if hasattr(cls, "config_path") else None
+    if config_path:
+        yaml_node = OmegaConf.load(config_path)
+        node = _merge_checked(node, yaml_node, source=str(config_path))
+    return node
+
+
+# -------------------------------------------------------------------------- merging
+def _close_key(full_key: str, root: Any) -> str:
+    """'Did you mean' text for an unknown ``full_key`` given the node it was merged into."""
+    parts = full_key.split(".")
+    parent: Any = root
+    for part in parts[:-1]:
+        try:
+            parent = parent[part] if isinstance(parent, DictConfig) else None
+        except Exception:
+            parent = None
+        if parent is None:
+            return ""
+    if not isinstance(parent, DictConfig):
+        return ""
+    prefix = ".".join(parts[:-1])
+    matches = difflib.get_close_matches(parts[-1], [str(k) for k in parent.keys()], n=1, cutoff=0.5)
+    if not matches:
+        valid = ", ".join(str(k) for k in parent.keys())
+        return f" Valid keys under {prefix or 'the top level'}: {valid}."
+    return f" Did you mean {'.'.join(filter(None, [prefix, matches[0]]))!r}?"
+
+
+def _merge_checked(base: DictConfig, other: Any, source: str, path_prefix: str = "") -> DictConfig:
+    """``OmegaConf.merge`` that turns schema violations into a readable ConfigError."""
+    try:
+        return OmegaConf.merge(base, other)
+    except ConfigKeyError as exc:
+        full_key = f"{path_prefix}{exc.full_key}" if exc.full_key else path_prefix.rstrip(".")
+        hint = _close_key(str(exc.full_key), base)
+        raise ConfigError(f"Unknown config key {full_key!r} (from {source}).{hint}") from None
+    except ValidationError as exc:
+        full_key = f"{path_prefix}{exc.full_key}"
+        raise ConfigError(f"Invalid value for {full_key!r} (from {source}): {exc.msg}") from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"Cannot merge config from {source}: {exc}") from None
+
+
+def _select(node: Optional[DictConfig], key: str) -> Any:
+    if node is None:
+        return None
+    return OmegaConf.select(node, key, default=None, throw_on_missing=False)
+
+
+def _lookup(registry_: Any, name: str, key: str) -> type:
+    try:
+        return registry_.get(name)
+    except UnknownNameError as exc:
+        raise ConfigError(f"{key}={name!r}: {exc}") from None
+
+
+def _dataset_names(value: Any) -> List[str]:
+    if isinstance(value, (list, tuple, ListConfig)):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [name.strip() for name in str(value).split(",") if name.strip()]
+
+
+# ---------------------------------------------------------------------------- build
+def build_config(opts: Optional[Sequence[str]] = None, *, import_plugins: bool = True) -> DictConfig:
+    """The fully merged, validated and resolved configuration for ``opts``.
+
+    Args:
+        opts: command-line style options: ``config=<yaml>`` and ``key=value`` overrides.
+        import_plugins: import built-in components, ``env.user_dir`` and entry-point
+            plugins first (tests that register their own components may pass False).
+    """
+    config_file, dotlist = parse_opts(list(opts or []))
+    overrides = OmegaConf.from_dotlist(dotlist)
+    user = load_yaml(Path(config_file)) if config_file else OmegaConf.create()
+    user_source = f"config file {config_file}" if config_file else "config file"
+
+    base = _merge_checked(OmegaConf.structured(RootConfig), OmegaConf.load(DEFAULTS_YAML),
+                          source=str(DEFAULTS_YAML))
+
+    if import_plugins:
+        from albef_plugin.plugins import setup_imports
+
+        user_dir = _select(overrides, "env.user_dir") or _select(user, "env.user_dir") \
+            or _select(base, "env.user_dir")
+        setup_imports(user_dir or None)
+
+    model_name = _select(overrides, "model") or _select(user, "model")
+    datasets = _select(overrides, "datasets") or _select(user, "datasets")
+    if not model_name:
+        raise ConfigError("No model selected: pass model=<name> or set `model:` in the config= file. "
+                          f"Known models: {', '.join(sorted(MODELS.names())) or '(none)'}.")
+    if not datasets:
+        raise ConfigError("No dataset selected: pass datasets=<name>[,<name>...] or set `datasets:` in "
+                          f"the config= file. Known dataset builders: "
+                          f"{', '.join(sorted(DATASET_BUILDERS.names())) or '(none)'}.")
+    model_cls = _lookup(MODELS, str(model_name), "model")
+    model_key = MODELS.canonical_name(str(model_name))
+    dataset_keys = []
+    component_defaults = OmegaConf.create({"model_config": {}, "dataset_config": {}})
+    component_defaults.model_config[model_key] = default_component_config(model_cls)
+    for name in _dataset_names(datasets):
+        builder_cls = _lookup(DATASET_BUILDERS, name, "datasets")
+        key = DATASET_BUILDERS.canonical_name(name)
+        dataset_keys.append(key)
+        component_defaults.dataset_config[key] = default_component_config(builder_cls)
+
+    cfg = _merge_checked(base, component_defaults, source="component defaults")
+    _check_component_keys(user, model_key, dataset_keys, user_source)
+    _check_component_keys(overrides, model_key, dataset_keys, "the command line")
+    cfg = _merge_checked(cfg, user, source=user_source)
+    cfg = _merge_checked(cfg, overrides, source="the command line")
+    cfg.model = model_key
+    cfg.datasets = ",".join(dataset_keys)
+    cfg.config = str(Path(config_file).resolve()) if config_file else None
+
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"Cannot resolve an interpolation (${{...}}) in the config: {exc}") from None
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def _check_component_keys(node: DictConfig, model_key: str, dataset_keys: Iterable[str],
+                          source: str) -> None:
+    """model_config / dataset_config entries must name the selected model / datasets.
+
+    Without this check a typo such as ``model_config.albef_pretrian.temp=0.1`` would
+    silently create an unused entry.
+    """
+    for section, allowed, registry_ in (("model_config", [model_key], MODELS),
+                                        ("dataset_config", list(dataset_keys), DATASET_BUILDERS)):
+        entries = _select(node, section)
+        if not isinstance(entries, DictConfig):
+            continue
+        for key in entries.keys():
+            key = str(key)
+            if key in allowed:
+                continue
+            if key in registry_:
+                canonical = registry_.canonical_name(key)
+                if canonical in allowed:
+                    raise ConfigError(f"{section}.{key} (from {source}): use the registered name "
+                                      f"{section}.{canonical} rather than the alias {key!r}.")
+                continue  # settings for another known component: harmless, unused
+            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
+            hint = f" Did you mean {section}.{close[0]!r}?" if close else ""
+            raise ConfigError(f"Unknown config key {section}.{key!r} (from {source}): it names no "
+                              f"selected or registered component.{hint} Selected: "
+                              f"{', '.join(allowed)}.")

@@ -1,0 +1,138 @@
+"""Typed schema of the framework keys (everything but model_config / dataset_config).
+
+``OmegaConf.structured(RootConfig)`` is the base every run's config is merged onto,
+in struct mode: a key that is not declared here fails at start-up with its full
+path. Key names follow MMF where MMF has one.
+
+Model and dataset sub-configs are typed by the registered classes' own ``Config``
+dataclasses (see ``loader.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+@dataclass
+class EarlyStopConfig:
+    enabled: bool = False
+    criteria: str = "val/r_mean"      # any key logged at evaluation
+    minimize: bool = False
+    patience: int = 1000              # in updates without improvement
+
+
+@dataclass
+class TrainingConfig:
+    trainer: str = "albef_trainer"
+    seed: int = 42
+    max_updates: Optional[int] = None  # wins over max_epochs when both are set
+    max_epochs: Optional[int] = None
+    batch_size: int = 64               # per process (per GPU), as in the official configs
+    update_frequency: int = 1          # gradient accumulation steps per update
+    log_interval: int = 10             # updates
+    checkpoint_interval: int = 1000    # updates
+    evaluation_interval: int = 1000    # updates; 0 disables periodic evaluation
+    num_workers: int = 2
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    clip_grad_norm: Optional[float] = None  # max global L2 norm; None disables clipping
+    precision: str = "auto"            # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    device: str = "auto"               # auto | cpu | cuda
+    find_unused_parameters: bool = False
+    compile: bool = False              # torch.compile the model
+    tensorboard: bool = True
+    progress_bar: bool = True
+    plot: bool = True                  # PNG of loss curves and metrics at the end
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+
+
+@dataclass
+class EvaluationConfig:
+    metrics: List[str] = field(default_factory=lambda: ["retrieval"])
+    batch_size: int = 64               # per process
+    k_test: int = 128                  # candidates re-ranked by ITM
+    itm_rerank: bool = True            # also report ITM re-ranked recalls
+    predict_file: Optional[str] = None
+
+
+@dataclass
+class OptimizerConfig:
+    type: str = "adam_w"
+    params: Dict[str, Any] = field(default_factory=lambda: {"lr": 1e-4, "weight_decay": 0.02})
+
+
+@dataclass
+class SchedulerConfig:
+    type: str = "cosine_warmup"
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ResetConfig:
+    all: bool = False
+    optimizer: bool = False
+    counts: bool = False
+    fp16_scaler: bool = False
+
+
+@dataclass
+class CheckpointConfig:
+    resume: bool = False               # continue from <save_dir>/current.ckpt if present
+    resume_file: Optional[str] = None  # continue from this file (see MMF's precedence)
+    resume_best: bool = False          # with resume: prefer best.ckpt over current.ckpt
+    resume_pretrained: bool = False    # resume_file holds weights only: load the model, nothing else
+    reset: ResetConfig = field(default_factory=ResetConfig)
+    max_to_keep: int = -1              # models/model_<update>.ckpt files kept; -1 keeps all
+    allow_unsafe_pickle: bool = False  # allow torch.load(weights_only=False) for trusted files
+
+
+@dataclass
+class EnvConfig:
+    save_dir: str = "${oc.env:ALBEF_SAVE_DIR,./save}"
+    data_dir: str = "${oc.env:ALBEF_DATA_DIR,./data}"
+    user_dir: str = "${oc.env:ALBEF_USER_DIR,''}"
+    log_level: str = "info"
+
+
+@dataclass
+class DistributedConfig:
+    backend: str = "auto"              # auto | nccl | gloo
+    timeout_minutes: int = 30
+
+
+@dataclass
+class LauncherConfig:
+    type: str = "local"                # local | submitit
+    cluster: Optional[str] = None      # submitit: None (auto: slurm if srun exists) | slurm | local | debug
+    folder: str = "${env.save_dir}/submitit"
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: int = 1
+    cpus_per_task: int = 4
+    mem_gb: Optional[int] = None
+    timeout_min: int = 60 * 24
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    max_num_timeout: int = 10          # requeues on preemption/timeout
+    wait: bool = False                 # block until the job ends
+
+
+@dataclass
+class RootConfig:
+    config: Optional[str] = None       # the project YAML (set by the loader)
+    includes: List[str] = field(default_factory=list)
+    run_type: str = "train_val"        # train | val | test | train_val | train_test | train_val_test
+    model: str = "???"
+    datasets: str = "???"              # comma-separated dataset builder names
+    model_config: Dict[str, Any] = field(default_factory=dict)
+    dataset_config: Dict[str, Any] = field(default_factory=dict)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)

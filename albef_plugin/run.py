@@ -1,0 +1,90 @@
+"""The one entry point: ``run(opts)`` builds the config and hands it to a launcher.
+
+``tools/run.py`` and the ``albef-run`` console script call :func:`run`; notebooks and
+other projects may call it too (``run(["config=...", "training.max_updates=10"])``).
+Each process that does the work (one per GPU under torchrun or SLURM) calls
+:func:`run_job`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+logger = logging.getLogger("albef_plugin")
+
+
+def setup_console_logging(level: str = "info", rank: int = 0) -> None:
+    """Console logging for this process; other ranks only report warnings."""
+    root = logging.getLogger()
+    numeric = getattr(logging, str(level).upper(), logging.INFO)
+    if rank != 0:
+        numeric = max(numeric, logging.WARNING)
+    if not any(getattr(h, "_albef_console", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s | %(levelname)s | rank{rank} | %(name)s: %(message)s", "%H:%M:%S"))
+        handler._albef_console = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(numeric)
+
+
+def save_resolved_config(cfg: DictConfig) -> Path:
+    """Write the resolved config to ``<env.save_dir>/config.yaml`` (atomically)."""
+    save_dir = Path(cfg.env.save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    path = save_dir / "config.yaml"
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(tmp, path)
+    return path
+
+
+def run_job(cfg: DictConfig) -> Any:
+    """One process's work: join the process group, build the trainer, run ``run_type``."""
+    from albef_plugin import distributed
+    from albef_plugin.plugins import setup_imports
+    from albef_plugin.registry import registry
+
+    # Spawned or requeued processes start with empty registries: import again.
+    setup_imports(cfg.env.user_dir or None)
+    distributed.init_distributed(cfg.distributed.backend, cfg.distributed.timeout_minutes)
+    setup_console_logging(cfg.env.log_level, distributed.get_rank())
+    if distributed.is_main_process():
+        path = save_resolved_config(cfg)
+        logger.info("resolved config written to %s", path)
+    try:
+        trainer = registry.get_trainer_class(cfg.training.trainer)(cfg)
+        trainer.load()
+        return trainer.run()
+    finally:
+        distributed.destroy_distributed()
+
+
+def run(opts: Optional[Sequence[str]] = None) -> Any:
+    """Build the config from ``opts`` (default: ``sys.argv[1:]``) and launch the job."""
+    from albef_plugin.config import build_config
+    from albef_plugin.registry import registry
+
+    opts = list(sys.argv[1:] if opts is None else opts)
+    setup_console_logging()
+    cfg = build_config(opts)
+    setup_console_logging(cfg.env.log_level)
+    launcher = registry.get_launcher_class(cfg.launcher.type)(cfg)
+    return launcher.launch()
+
+
+def main() -> None:
+    """Console-script entry point (``albef-run``): readable errors instead of tracebacks."""
+    from albef_plugin.config import ConfigError
+    from albef_plugin.registry import UnknownNameError
+
+    try:
+        run()
+    except (ConfigError, UnknownNameError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,81 @@
+import pytest
+
+from albef_plugin.registry import DuplicateNameError, Registry, UnknownNameError, registry
+
+
+def test_register_with_name_and_aliases():
+    reg = Registry("widget")
+
+    @reg.register("blue_widget", aliases=("blue", "bw"))
+    class BlueWidget:
+        pass
+
+    assert reg.get("blue_widget") is BlueWidget
+    assert reg.get("blue") is BlueWidget and reg.get("bw") is BlueWidget
+    assert reg.canonical_name("bw") == "blue_widget"
+    assert "blue" in reg and "red" not in reg
+    assert reg.names() == ["blue_widget"]
+
+
+def test_default_name_is_class_name_and_direct_registration():
+    reg = Registry("widget")
+
+    class Plain:
+        pass
+
+    reg.register(Plain)
+    assert reg.get("Plain") is Plain
+
+
+def test_duplicate_name_or_alias_raises_unless_override():
+    reg = Registry("widget")
+    reg.register(name="a", aliases=("alias_a",))(type("A", (), {}))
+    with pytest.raises(DuplicateNameError, match="'a' is already registered"):
+        reg.register(name="a")(type("B", (), {}))
+    with pytest.raises(DuplicateNameError, match="alias_a"):
+        reg.register(name="c", aliases=("alias_a",))(type("C", (), {}))
+    replacement = type("A2", (), {})
+    reg.register(name="a", override=True)(replacement)
+    assert reg.get("a") is replacement
+    # the old aliases of a replaced name do not point to the replacement by accident
+    assert "alias_a" not in reg
+
+
+def test_unknown_name_suggests_closest():
+    reg = Registry("model")
+    reg.register(name="albef_pretrain")(type("P", (), {}))
+    reg.register(name="albef_retrieval")(type("R", (), {}))
+    with pytest.raises(UnknownNameError) as info:
+        reg.get("albef_pretrian")
+    message = str(info.value)
+    assert "Did you mean 'albef_pretrain'" in message
+    assert "albef_retrieval" in message  # the known names are listed
+    assert isinstance(info.value, KeyError)
+
+
+def test_facade_register_get_list():
+    @registry.register_loss("test_facade_loss_xyz")
+    class FacadeLoss:
+        pass
+
+    try:
+        assert registry.get_loss_class("test_facade_loss_xyz") is FacadeLoss
+        assert "test_facade_loss_xyz" in registry.list_losses()
+        with pytest.raises(DuplicateNameError):
+            registry.register_loss("test_facade_loss_xyz")(type("Other", (), {}))
+    finally:
+        from albef_plugin.registry import LOSSES
+
+        LOSSES._drop("test_facade_loss_xyz")
+
+
+def test_facade_unknown_kind_is_attribute_error():
+    with pytest.raises(AttributeError, match="kinds are"):
+        registry.register_gizmo
+
+
+def test_every_kind_has_a_registry():
+    for kind in ("model", "encoder", "loss", "processor", "builder", "trainer", "callback",
+                 "optimizer", "scheduler", "metric", "launcher"):
+        assert callable(getattr(registry, f"register_{kind}"))
+        assert callable(getattr(registry, f"get_{kind}_class"))
