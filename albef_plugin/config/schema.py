@@ -52,7 +52,10 @@ class EvaluationConfig:
     batch_size: int = 64               # per process
     k_test: int = 128                  # candidates re-ranked by ITM
     itm_rerank: bool = True            # also report ITM re-ranked recalls
-    predict_file: Optional[str] = None
+    itm_plus_itc: bool = False         # LAVIS-style score (ITM logit + ITC sim); official: False
+    num_workers: int = 2               # image loader workers during evaluation
+    text_batch_size: int = 256         # captions encoded per call
+    itm_pairs_per_call: int = 512      # image-text pairs per fusion call when re-ranking
 
 
 @dataclass

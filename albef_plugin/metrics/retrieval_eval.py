@@ -1,0 +1,285 @@
+"""Image-text retrieval evaluation of an ALBEF model (registered metric ``retrieval``).
+
+Two stages, as in the official ``Retrieval.py:evaluation``:
+
+1. ITC: encode every caption and every image once; the similarity of an image and a
+   caption is the dot product of their normalised projections (no temperature).
+   Recalls from this matrix are reported with the prefix ``itc_``.
+2. ITM re-ranking (``itm_rerank``): each image's top-``k_test`` captions, and each
+   caption's top-``k_test`` images, are re-scored by the fusion encoder's ITM head
+   (see :mod:`albef_plugin.metrics.itm_rerank`). Recalls are reported as ``itm_``.
+
+Like the official code, every rank encodes the whole evaluation set (it is small:
+5K images at most) and only the re-ranking rows are split across ranks.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, ContextManager, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from albef_plugin.distributed import unwrap_model
+from albef_plugin.metrics.itm_rerank import rerank_top_k
+from albef_plugin.metrics.retrieval import itm_eval
+from albef_plugin.registry import registry
+
+__all__ = ["EncodedRetrievalSet", "RetrievalEvaluator", "RetrievalScores", "autocast_for"]
+
+logger = logging.getLogger(__name__)
+
+_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_REQUIRED_DATASET_ATTRIBUTES = ("texts", "img2txt", "txt2img", "text_processor")
+
+
+def autocast_for(device: torch.device, precision: str) -> ContextManager[Any]:
+    """Autocast context for ``precision`` (fp32 | bf16 | fp16 | auto) on ``device``.
+
+    ``auto`` means bf16 on CUDA and fp32 elsewhere, as ``training.precision``.
+    """
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not supported; use one of "
+                         f"{', '.join(['auto', *_PRECISIONS])}.")
+    dtype = _PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class EncodedRetrievalSet:
+    """Unimodal encodings of a whole retrieval evaluation set (on the evaluation device).
+
+    Attributes:
+        image_embeds: ``(Ni, 1+N, D)`` image-encoder tokens.
+        image_feats: ``(Ni, E)`` normalised image projections, float32.
+        text_embeds: ``(Nt, L, D)`` text-encoder tokens, padded to the longest batch.
+        text_masks: ``(Nt, L)`` attention masks (0 on padding).
+        text_feats: ``(Nt, E)`` normalised text projections, float32.
+    """
+
+    image_embeds: torch.Tensor
+    image_feats: torch.Tensor
+    text_embeds: torch.Tensor
+    text_masks: torch.Tensor
+    text_feats: torch.Tensor
+
+    def itc_similarity(self) -> torch.Tensor:
+        """``(Ni, Nt)`` image-to-text cosine similarities, float32 even under autocast.
+
+        Kept in float32 because bf16 rounding creates ties between close candidates.
+        """
+        with torch.autocast(device_type=self.image_feats.device.type, enabled=False):
+            return self.image_feats.float() @ self.text_feats.float().t()
+
+
+@dataclass
+class RetrievalScores:
+    """Score matrices of one evaluation: ``itc`` is ``(Ni, Nt)``; the ITM ones may be None."""
+
+    itc_i2t: torch.Tensor
+    itm_i2t: Optional[torch.Tensor] = None
+    itm_t2i: Optional[torch.Tensor] = None
+
+
+@registry.register_metric("retrieval")
+class RetrievalEvaluator:
+    """Recall@1/5/10 of text and image retrieval, from ITC and from ITM re-ranking.
+
+    ``config`` is the ``evaluation`` node of the run config (or any mapping / dataclass);
+    the keys of :class:`RetrievalEvaluator.Config` found there are used, other keys
+    (``metrics``, ``predict_file``) are ignored. Keyword arguments override both.
+    """
+
+    @dataclass
+    class Config:
+        batch_size: int = 64              # images per encoding batch (official test batch 64)
+        k_test: int = 128                 # candidates re-ranked by ITM (official: 256 COCO, 128 Flickr)
+        itm_rerank: bool = True           # also compute the ITM re-ranked recalls (itm_*)
+        itm_plus_itc: bool = False        # LAVIS scoring: ITM logit + ITC sim (not the official ALBEF)
+        num_workers: int = 2              # DataLoader workers for the images
+        text_batch_size: int = 256        # captions per text-encoder batch (official 256)
+        itm_pairs_per_call: int = 512     # (query, candidate) pairs per fusion-encoder call (official: k_test)
+
+    def __init__(self, config: Union[None, Mapping[str, Any], Any] = None, **overrides: Any) -> None:
+        self.config = self._resolve_config(config, overrides)
+        self.timings: Dict[str, float] = {}  # seconds per stage of the last evaluate()
+
+    @classmethod
+    def _resolve_config(cls, config: Any, overrides: Mapping[str, Any]) -> "RetrievalEvaluator.Config":
+        names = [f.name for f in dataclasses.fields(cls.Config)]
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise TypeError(f"RetrievalEvaluator got unknown option(s) {unknown}; "
+                            f"known: {', '.join(names)}.")
+        values: Dict[str, Any] = {}
+        if config is not None:
+            for name in names:
+                # works for dicts, OmegaConf nodes (struct mode included) and dataclasses
+                value = config.get(name, None) if hasattr(config, "get") else getattr(config, name, None)
+                if value is not None:
+                    values[name] = value
+        values.update(overrides)
+        resolved = cls.Config(**values)
+        for name in ("batch_size", "k_test", "num_workers", "text_batch_size", "itm_pairs_per_call"):
+            minimum = 0 if name == "num_workers" else 1
+            if int(getattr(resolved, name)) < minimum:
+                raise ValueError(f"evaluation.{name}={getattr(resolved, name)} must be >= {minimum}.")
+        return resolved
+
+    # ------------------------------------------------------------------ public
+    def evaluate(self, model: torch.nn.Module, dataset: Any, device: Union[str, torch.device],
+                 precision: str = "fp32") -> Dict[str, float]:
+        """Retrieval recalls of ``model`` on ``dataset``.
+
+        Args:
+            model: an ALBEF model (``encode_image``, ``encode_text``, ``itm_logits``);
+                DDP / compile wrappers are removed. Put in eval mode for the call and
+                restored afterwards.
+            dataset: a retrieval evaluation dataset (``__getitem__(i) -> {"image", "index"}``,
+                ``texts``, ``img2txt``, ``txt2img``, ``text_processor``).
+            device: where to run.
+            precision: fp32 | bf16 | fp16 | auto (autocast for the forward passes).
+
+        Returns:
+            ``itc_<key>`` and, with ``itm_rerank``, ``itm_<key>`` for every key of
+            :func:`~albef_plugin.metrics.retrieval.itm_eval`, as plain floats.
+        """
+        scores = self.compute_scores(model, dataset, device, precision)
+        start = time.perf_counter()
+        metrics = {f"itc_{key}": value for key, value in
+                   itm_eval(scores.itc_i2t, scores.itc_i2t.t(), dataset.img2txt, dataset.txt2img).items()}
+        if scores.itm_i2t is not None:
+            metrics.update({f"itm_{key}": value for key, value in
+                            itm_eval(scores.itm_i2t, scores.itm_t2i, dataset.img2txt,
+                                     dataset.txt2img).items()})
+        self.timings["recall_s"] = time.perf_counter() - start
+        self.timings["total_s"] = sum(v for k, v in self.timings.items() if k != "total_s")
+        logger.info("retrieval evaluation of %d images / %d captions took %.1fs (%s)",
+                    len(dataset.img2txt), len(dataset.texts), self.timings["total_s"],
+                    ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items() if k != "total_s"))
+        return metrics
+
+    def compute_scores(self, model: torch.nn.Module, dataset: Any, device: Union[str, torch.device],
+                       precision: str = "fp32") -> RetrievalScores:
+        """The ITC and (with ``itm_rerank``) ITM score matrices; see :meth:`evaluate`."""
+        _check_dataset(dataset)
+        device = torch.device(device)
+        model = unwrap_model(model)
+        if self.config.itm_rerank and not hasattr(model, "itm_logits"):
+            raise TypeError(f"{type(model).__name__} has no itm_logits(); set "
+                            f"evaluation.itm_rerank=false to evaluate with ITC only.")
+        self.timings = {}
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode(), autocast_for(device, precision):
+                start = time.perf_counter()
+                encoded = self.encode(model, dataset, device)
+                itc_i2t = encoded.itc_similarity()
+                self.timings["encode_s"] = _elapsed_since(start, device)
+                scores = RetrievalScores(itc_i2t=itc_i2t)
+                if self.config.itm_rerank:
+                    start = time.perf_counter()
+                    scores.itm_i2t, scores.itm_t2i = self._itm_scores(model, encoded, itc_i2t)
+                    self.timings["itm_rerank_s"] = _elapsed_since(start, device)
+        finally:
+            model.train(was_training)
+        return scores
+
+    def encode(self, model: torch.nn.Module, dataset: Any, device: torch.device) -> EncodedRetrievalSet:
+        """Encode all captions and all images of ``dataset`` (call under inference mode)."""
+        text_embeds, text_masks, text_feats = self._encode_texts(model, dataset, device)
+        image_embeds, image_feats = self._encode_images(model, dataset, device)
+        return EncodedRetrievalSet(image_embeds, image_feats, text_embeds, text_masks, text_feats)
+
+    # ---------------------------------------------------------------- encoding
+    def _encode_texts(self, model: torch.nn.Module, dataset: Any, device: torch.device):
+        texts: Sequence[str] = dataset.texts
+        embeds: List[torch.Tensor] = []
+        masks: List[torch.Tensor] = []
+        feats: List[torch.Tensor] = []
+        for first in range(0, len(texts), self.config.text_batch_size):
+            tokens = dataset.text_processor(list(texts[first:first + self.config.text_batch_size]))
+            input_ids = torch.as_tensor(tokens["input_ids"]).to(device)
+            attention_mask = torch.as_tensor(tokens["attention_mask"]).to(device)
+            batch_embeds, batch_feat = model.encode_text(input_ids, attention_mask)
+            embeds.append(batch_embeds)
+            masks.append(attention_mask)
+            feats.append(F.normalize(batch_feat.float(), dim=-1))
+        # batches may be padded to different lengths: pad all to the longest (mask 0
+        # there, so the fusion encoder ignores the extra positions)
+        max_len = max(e.shape[1] for e in embeds)
+        text_embeds = torch.cat([F.pad(e, (0, 0, 0, max_len - e.shape[1])) for e in embeds])
+        text_masks = torch.cat([F.pad(m, (0, max_len - m.shape[1])) for m in masks])
+        return text_embeds, text_masks, torch.cat(feats)
+
+    def _encode_images(self, model: torch.nn.Module, dataset: Any, device: torch.device):
+        loader = DataLoader(dataset, batch_size=self.config.batch_size, shuffle=False,
+                            num_workers=self.config.num_workers,
+                            pin_memory=device.type == "cuda")
+        num_images = len(dataset)
+        image_embeds: Optional[torch.Tensor] = None
+        image_feats: Optional[torch.Tensor] = None
+        seen = torch.zeros(num_images, dtype=torch.bool)
+        for batch in loader:
+            index = torch.as_tensor(batch["index"]).long()
+            embeds, feat = model.encode_image(batch["image"].to(device, non_blocking=True))
+            if image_embeds is None:  # sizes known only after the first forward
+                image_embeds = embeds.new_empty((num_images, *embeds.shape[1:]))
+                image_feats = torch.empty((num_images, feat.shape[-1]), device=device)
+            image_embeds[index.to(device)] = embeds
+            image_feats[index.to(device)] = F.normalize(feat.float(), dim=-1)
+            seen[index] = True
+        if image_embeds is None or not bool(seen.all()):
+            raise ValueError(f"{type(dataset).__name__}: the image loader did not return every "
+                             f"index in [0, {num_images}) as batch['index']; each item must be "
+                             f"{{'image': tensor, 'index': i}} with i its position in the dataset.")
+        return image_embeds, image_feats
+
+    # -------------------------------------------------------------- re-ranking
+    def _itm_scores(self, model: torch.nn.Module, encoded: EncodedRetrievalSet, itc_i2t: torch.Tensor):
+        """``(Ni, Nt)`` and ``(Nt, Ni)`` ITM score matrices from the top-k ITC candidates."""
+        cfg = self.config
+
+        def image_to_text(image_idx: torch.Tensor, text_idx: torch.Tensor) -> torch.Tensor:
+            return model.itm_logits(encoded.text_embeds[text_idx], encoded.text_masks[text_idx],
+                                    encoded.image_embeds[image_idx])[:, 1]
+
+        def text_to_image(text_idx: torch.Tensor, image_idx: torch.Tensor) -> torch.Tensor:
+            return image_to_text(image_idx, text_idx)
+
+        pairs = cfg.itm_pairs_per_call
+        itm_i2t = rerank_top_k(itc_i2t, cfg.k_test, image_to_text, pairs, add_itc=cfg.itm_plus_itc)
+        itm_t2i = rerank_top_k(itc_i2t.t(), cfg.k_test, text_to_image, pairs, add_itc=cfg.itm_plus_itc)
+        return itm_i2t, itm_t2i
+
+
+def _check_dataset(dataset: Any) -> None:
+    missing = [a for a in _REQUIRED_DATASET_ATTRIBUTES if not hasattr(dataset, a)]
+    if missing:
+        raise TypeError(f"{type(dataset).__name__} is not a retrieval evaluation dataset: it lacks "
+                        f"{', '.join(missing)} (see the contract in docs/architecture.md).")
+    if len(dataset.img2txt) != len(dataset):
+        raise ValueError(f"{type(dataset).__name__}: img2txt has {len(dataset.img2txt)} entries "
+                         f"but the dataset has {len(dataset)} images.")
+    if len(dataset.txt2img) != len(dataset.texts):
+        raise ValueError(f"{type(dataset).__name__}: txt2img has {len(dataset.txt2img)} entries "
+                         f"but there are {len(dataset.texts)} texts.")
+    if len(dataset) == 0 or len(dataset.texts) == 0:
+        raise ValueError(f"{type(dataset).__name__} is empty ({len(dataset)} images, "
+                         f"{len(dataset.texts)} texts); nothing to evaluate.")
+
+
+def _elapsed_since(start: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # kernels are asynchronous: wait before reading the clock
+    return time.perf_counter() - start

@@ -1,0 +1,96 @@
+"""Models: the ``BaseModel`` contract, encoders, and the registered ALBEF models.
+
+``build_model(name, overrides)`` is the one way to make a registered model from its typed
+defaults; ``default_model_config(cls)`` is the same defaults merge, reused by the config loader.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Mapping, Sequence, Type, Union
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from albef_plugin.models.base import BaseModel
+from albef_plugin.registry import closest_names, registry
+
+# Importing the model modules runs their @registry decorators.
+from albef_plugin.models import vit as _vit  # noqa: F401  (registers encoder "vit")
+from albef_plugin.models import albef as _albef  # noqa: F401  (registers "albef_pretrain")
+
+__all__ = ["BaseModel", "ModelConfigError", "build_model", "model_config", "default_model_config"]
+
+Overrides = Union[None, Mapping[str, Any], DictConfig, Sequence[str]]
+
+
+class ModelConfigError(ValueError):
+    """A model config key or value is wrong; the message names the key and the fix."""
+
+
+def _valid_keys(config: DictConfig, full_key: str) -> List[str]:
+    """Keys available next to ``full_key`` (the parent node's keys) in ``config``."""
+    node: Any = config
+    for part in full_key.split(".")[:-1]:
+        if not isinstance(node, DictConfig) or part not in node:
+            break
+        node = node[part]
+    return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+
+
+def _merge(base: DictConfig, update: Any, model_name: str, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, update)  # type: ignore[return-value]
+    except OmegaConfBaseException as error:
+        full_key = str(getattr(error, "full_key", "") or getattr(error, "key", "") or "")
+        valid = _valid_keys(base, full_key) if full_key else []
+        close = closest_names(full_key.split(".")[-1], valid) if full_key else []
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        listing = f" Valid keys there: {', '.join(valid)}." if valid else ""
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelConfigError(
+            f"model {model_name!r}: bad key {full_key!r} in {source}: {first_line}.{hint}{listing}"
+        ) from error
+
+
+def default_model_config(cls: Type[BaseModel]) -> DictConfig:
+    """``cls.Config`` (typed, struct mode) merged with the YAML at ``cls.config_path()``."""
+    name = getattr(cls, "__name__", str(cls))
+    config = OmegaConf.structured(cls.Config)
+    path = cls.config_path()
+    if path:
+        try:
+            yaml_config = OmegaConf.load(path)
+        except (OSError, OmegaConfBaseException) as error:
+            raise ModelConfigError(f"model {name}: cannot read its defaults file {path}: {error}"
+                                   ) from error
+        config = _merge(config, yaml_config, name, f"defaults file {path}")
+    OmegaConf.set_struct(config, True)
+    return config
+
+
+def model_config(name: str, overrides: Overrides = None) -> DictConfig:
+    """The config ``build_model(name, overrides)`` uses: defaults, then ``overrides``.
+
+    ``overrides`` is a (nested) dict, a DictConfig, or a dotlist like ``["embed_dim=128"]``.
+    An unknown key or a value of the wrong type raises :class:`ModelConfigError` naming it.
+    """
+    cls = registry.get_model_class(name)
+    config = default_model_config(cls)
+    if overrides:
+        if isinstance(overrides, (list, tuple)):
+            update: Any = OmegaConf.from_dotlist(list(overrides))
+        else:
+            update = overrides
+        config = _merge(config, update, name, "overrides")
+    OmegaConf.set_struct(config, True)
+    return config
+
+
+def build_model(name: str, overrides: Overrides = None) -> BaseModel:
+    """A randomly initialised registered model from its defaults plus ``overrides``.
+
+    Never touches the network; pretrained weights are loaded separately.
+    """
+    config = model_config(name, overrides)
+    cls = registry.get_model_class(name)
+    return cls(config)
+

@@ -1,0 +1,63 @@
+"""Hard-negative sampling and the ITM loss."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from albef_plugin.losses.itm import (ITMLoss, itm_labels, itm_loss, positive_mask_from_ids,
+                                     sample_hard_negatives)
+from albef_plugin.registry import registry
+
+
+def _sims(batch, queue=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, batch + queue, generator=gen) * 5,
+            torch.randn(batch, batch + queue, generator=gen) * 5)
+
+
+def test_negatives_never_positive_with_image_ids():
+    image_ids = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4])
+    positives = positive_mask_from_ids(image_ids, 8, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    for seed in range(20):
+        sim_i2t, sim_t2i = _sims(8, seed=seed)
+        neg_image, neg_text, valid_image, valid_text = sample_hard_negatives(
+            sim_i2t, sim_t2i, positives, generator=gen)
+        assert valid_image.all() and valid_text.all()
+        rows = torch.arange(8)
+        assert (image_ids[neg_image] != image_ids[rows]).all()  # text b vs its negative image
+        assert (image_ids[neg_text] != image_ids[rows]).all()   # image b vs its negative text
+
+
+def test_negatives_follow_the_similarity_weights():
+    # text 0 is far closer to image 2 than to image 1 or 3: almost always picked
+    sim_t2i = torch.tensor([[0., 0., 10., 0.]]).repeat(4, 1)
+    sim_i2t = torch.zeros(4, 4)
+    gen = torch.Generator().manual_seed(0)
+    picks = torch.stack([sample_hard_negatives(sim_i2t, sim_t2i, generator=gen)[0][0]
+                         for _ in range(50)])
+    assert (picks == 2).float().mean() > 0.9
+
+
+def test_batch_of_one_and_all_same_image_do_not_crash():
+    sim_i2t, sim_t2i = _sims(1)
+    _, _, valid_image, valid_text = sample_hard_negatives(sim_i2t, sim_t2i)
+    assert not valid_image.any() and not valid_text.any()
+    same = positive_mask_from_ids(torch.zeros(5, dtype=torch.long), 5, torch.device("cpu"))
+    sim_i2t, sim_t2i = _sims(5)
+    neg_image, neg_text, valid_image, valid_text = sample_hard_negatives(sim_i2t, sim_t2i, same)
+    assert not valid_image.any() and not valid_text.any()
+    assert ((0 <= neg_image) & (neg_image < 5)).all() and ((0 <= neg_text) & (neg_text < 5)).all()
+
+
+def test_itm_loss_ignores_invalid_pairs():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(9, 2, generator=gen)
+    labels = itm_labels(3, torch.device("cpu"))
+    assert labels.tolist() == [1, 1, 1, 0, 0, 0, 0, 0, 0]
+    torch.testing.assert_close(itm_loss(logits), F.cross_entropy(logits, labels))
+    valid = torch.tensor([True] * 3 + [True, False, True] + [False, True, True])
+    expected = F.cross_entropy(logits[valid], labels[valid])
+    torch.testing.assert_close(itm_loss(logits, valid=valid), expected)
+    assert registry.get_loss_class("itm") is ITMLoss
+    torch.testing.assert_close(ITMLoss()(logits, labels, valid), expected)
