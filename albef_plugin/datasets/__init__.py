@@ -1,0 +1,29 @@
+"""Datasets and dataset builders; importing this package registers the builders.
+
+Registered builders (``registry.get_builder_class(name)``):
+
+- ``albef_pretrain_json``: official pre-training JSON (train) + re_eval (val / test)
+- ``albef_retrieval_json``: official re_train (train) + re_eval (val / test)
+- ``demo_pretrain`` / ``synthetic_pretrain``: the same on the generated synthetic world
+- ``demo_retrieval`` / ``synthetic_retrieval``
+
+Batch contract: see :mod:`albef_plugin.datasets.collate`.
+"""
+from albef_plugin.datasets.annotations import AnnotationError, load_annotations
+from albef_plugin.datasets.base import (BaseDatasetBuilder, ProcessorsConfig, ProcessorSpec,
+                                        SplitFilesConfig)
+from albef_plugin.datasets.builders import (JsonDatasetConfig, JsonImageTextBuilder,
+                                            PretrainJsonBuilder, RetrievalJsonBuilder)
+from albef_plugin.datasets.collate import EvalImageCollate, ImageTextCollate
+from albef_plugin.datasets.images import UnreadableImageError, read_rgb
+from albef_plugin.datasets.pretrain import PretrainDataset
+from albef_plugin.datasets.retrieval import RetrievalEvalDataset, RetrievalTrainDataset
+from albef_plugin.datasets.synthetic import DemoPretrainBuilder, DemoRetrievalBuilder
+
+__all__ = [
+    "BaseDatasetBuilder", "ProcessorSpec", "ProcessorsConfig", "SplitFilesConfig", "JsonDatasetConfig",
+    "JsonImageTextBuilder", "PretrainJsonBuilder", "RetrievalJsonBuilder", "DemoPretrainBuilder",
+    "DemoRetrievalBuilder", "PretrainDataset", "RetrievalTrainDataset", "RetrievalEvalDataset",
+    "ImageTextCollate", "EvalImageCollate", "AnnotationError", "load_annotations",
+    "UnreadableImageError", "read_rgb",
+]

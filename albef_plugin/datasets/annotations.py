@@ -1,0 +1,110 @@
+"""Reading and checking the official ALBEF annotation JSON files.
+
+Formats (official ``dataset/*.py``):
+
+- pretrain: ``[{"image": path, "caption": str | [str, ...]}, ...]``
+- re_train: ``[{"image": rel_path, "caption": str, "image_id": str | int}, ...]``, one row per caption
+- re_eval:  ``[{"image": rel_path, "caption": [str, ...]}, ...]``, one row per image
+
+Every entry is checked when the file is loaded, so a malformed file fails at start-up
+with the file, the entry index and the field, not hours later inside a DataLoader worker.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple, Union
+
+__all__ = ["AnnotationError", "load_annotations", "resolve_image_path",
+           "PRETRAIN_FIELDS", "RE_TRAIN_FIELDS", "RE_EVAL_FIELDS"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class AnnotationError(ValueError):
+    """An annotation file is missing, not JSON, or has an entry of the wrong shape."""
+
+
+# field -> (accepted kinds, description for the error message). Kinds: "str", "str_list", "id".
+FieldSpec = Dict[str, Tuple[Tuple[str, ...], str]]
+
+PRETRAIN_FIELDS: FieldSpec = {
+    "image": (("str",), "an image path (absolute, or relative to image_root)"),
+    "caption": (("str", "str_list"), "a caption string or a non-empty list of caption strings"),
+}
+RE_TRAIN_FIELDS: FieldSpec = {
+    "image": (("str",), "an image path relative to image_root"),
+    "caption": (("str",), "one caption string"),
+    "image_id": (("id",), "an image id (string or integer)"),
+}
+RE_EVAL_FIELDS: FieldSpec = {
+    "image": (("str",), "an image path relative to image_root"),
+    "caption": (("str_list",), "a non-empty list of caption strings"),
+}
+
+
+def _matches(value: Any, kind: str) -> bool:
+    if kind == "str":
+        return isinstance(value, str) and bool(value)
+    if kind == "str_list":
+        return (isinstance(value, list) and len(value) > 0
+                and all(isinstance(v, str) for v in value))
+    if kind == "id":
+        return isinstance(value, (str, int)) and not isinstance(value, bool)
+    raise AssertionError(f"unknown field kind {kind!r}")
+
+
+def _check_entry(entry: Any, index: int, path: Path, fields: FieldSpec) -> None:
+    if not isinstance(entry, dict):
+        raise AnnotationError(f"{path}: entry {index} is a {type(entry).__name__}, expected an "
+                              f"object with fields {sorted(fields)}.")
+    for name, (kinds, description) in fields.items():
+        if name not in entry:
+            raise AnnotationError(f"{path}: entry {index} has no field {name!r} (expected "
+                                  f"{description}); its fields are {sorted(entry)}.")
+        if not any(_matches(entry[name], kind) for kind in kinds):
+            shown = repr(entry[name])
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise AnnotationError(f"{path}: entry {index} field {name!r} is {shown}; expected "
+                                  f"{description}.")
+
+
+def load_annotations(files: Sequence[PathLike], fields: FieldSpec) -> List[Dict[str, Any]]:
+    """Concatenate the entries of several JSON list files, checking each entry.
+
+    Args:
+        files: JSON files, each holding a list of objects.
+        fields: the required fields and their accepted types (e.g. :data:`PRETRAIN_FIELDS`).
+
+    Returns:
+        All entries, in file order.
+
+    Raises:
+        AnnotationError: naming the file (and entry index and field) that is wrong.
+    """
+    if not files:
+        raise AnnotationError("No annotation files given; list at least one JSON file.")
+    entries: List[Dict[str, Any]] = []
+    for file in files:
+        path = Path(file)
+        if not path.is_file():
+            raise AnnotationError(f"Annotation file {path} does not exist. Check the path (relative "
+                                  f"paths are taken from the dataset's data_dir).")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except json.JSONDecodeError as exc:
+            raise AnnotationError(f"{path}: not valid JSON ({exc}).") from None
+        if not isinstance(data, list):
+            raise AnnotationError(f"{path}: the top level must be a JSON list of entries, got a "
+                                  f"{type(data).__name__}.")
+        for index, entry in enumerate(data):
+            _check_entry(entry, index, path, fields)
+        entries.extend(data)
+    return entries
+
+
+def resolve_image_path(image: str, image_root: PathLike) -> str:
+    """``image`` itself when absolute, else joined to ``image_root`` (official behaviour)."""
+    return image if os.path.isabs(image) else os.path.join(str(image_root), image)

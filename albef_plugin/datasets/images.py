@@ -1,0 +1,116 @@
+"""Image reading that survives missing or corrupt files in training data.
+
+Web-scale image-text data always has some files that are gone or broken. A training
+dataset built on :class:`ImageTextDataset` does not crash on them: the file is logged
+once (per process) and the sample is handled by the ``on_unreadable`` policy:
+
+- ``"substitute"`` (default): the next readable sample (index + 1, + 2, ...) is returned
+  instead, so every batch keeps its full size. ALBEF needs that: the feature queues
+  assume a fixed global batch (queue size divisible by it) and ITM hard-negative
+  sampling needs at least two different images per batch.
+- ``"drop"``: ``__getitem__`` returns None and the collate function leaves it out, so the
+  batch is smaller.
+- ``"error"``: raise at once (for data you expect to be complete).
+
+Either way the collate function reports how many unreadable files were met in
+``batch["num_skipped"]``. Counting in the batch, not in a dataset attribute, is what
+reaches the trainer when DataLoader workers (separate processes) read the images.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Optional, Set
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+__all__ = ["read_rgb", "UnreadableImageError", "ImageTextDataset", "ON_UNREADABLE_CHOICES"]
+
+logger = logging.getLogger(__name__)
+
+ON_UNREADABLE_CHOICES = ("substitute", "drop", "error")
+# Consecutive unreadable samples tolerated while looking for a substitute: more than
+# this means the image root itself is wrong, which deserves an error, not a silent spin.
+_MAX_CONSECUTIVE_UNREADABLE = 32
+
+
+class UnreadableImageError(OSError):
+    """An image file is missing or cannot be decoded."""
+
+
+def read_rgb(path: str) -> Image.Image:
+    """Open ``path`` and decode it fully into an RGB image.
+
+    Raises:
+        UnreadableImageError: the file is missing, truncated or not an image.
+    """
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")  # forces the full decode inside the try
+    except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, struct.error ...
+        raise UnreadableImageError(f"{path}: {type(exc).__name__}: {exc}") from exc
+
+
+class ImageTextDataset(Dataset):
+    """Base of the training datasets: image file + caption(s) per entry.
+
+    Subclasses implement :meth:`_image_path` and :meth:`_sample` (the item without the
+    image); this class reads and transforms the image and applies the unreadable-file
+    policy. Items are dicts ``{"image": (3, H, W) tensor, "text": str, "image_id": int,
+    "num_skipped": int}``.
+    """
+
+    def __init__(self, transform: Any, on_unreadable: str = "substitute") -> None:
+        if on_unreadable not in ON_UNREADABLE_CHOICES:
+            raise ValueError(f"on_unreadable={on_unreadable!r}; choose one of "
+                             f"{', '.join(ON_UNREADABLE_CHOICES)}.")
+        self.transform = transform
+        self.on_unreadable = on_unreadable
+        self._warned: Set[str] = set()  # per process: each bad file is logged once
+
+    # ---------------------------------------------------------- subclass API
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _image_path(self, index: int) -> str:
+        raise NotImplementedError
+
+    def _sample(self, index: int) -> Dict[str, Any]:
+        """The item's non-image fields (``text``, ``image_id``)."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- access
+    def _try_load(self, index: int) -> Optional[Dict[str, Any]]:
+        path = self._image_path(index)
+        try:
+            image = read_rgb(path)
+        except UnreadableImageError as exc:
+            if self.on_unreadable == "error":
+                raise UnreadableImageError(
+                    f"Training image unreadable ({exc}). Fix or remove the file, or set the "
+                    f"dataset's on_unreadable to 'substitute' or 'drop' to skip such files.") from exc
+            if path not in self._warned:
+                self._warned.add(path)
+                logger.warning("Skipping unreadable training image (%s); counted in "
+                               "batch['num_skipped'].", exc)
+            return None
+        item = self._sample(index)
+        item["image"] = self.transform(image)
+        return item
+
+    def __getitem__(self, index: int) -> Optional[Dict[str, Any]]:
+        item = self._try_load(index)
+        if item is not None:
+            item["num_skipped"] = 0
+            return item
+        if self.on_unreadable == "drop":
+            return None
+        for step in range(1, min(_MAX_CONSECUTIVE_UNREADABLE, len(self))):
+            item = self._try_load((index + step) % len(self))
+            if item is not None:
+                item["num_skipped"] = step
+                return item
+        raise UnreadableImageError(
+            f"{min(_MAX_CONSECUTIVE_UNREADABLE, len(self))} consecutive training images are "
+            f"unreadable, from {self._image_path(index)}; the image root is probably wrong. "
+            f"Check the dataset's image_root and the paths in the annotation files.")
