@@ -1,0 +1,224 @@
+"""Checkpoint files: where they go, how they are written and read, which one a run resumes.
+
+Layout under ``<save_dir>``::
+
+    current.ckpt              the latest state (resume=true continues from here)
+    best.ckpt                 the state with the best validation metric so far
+    models/model_<update>.ckpt  periodic snapshots, the oldest pruned beyond max_to_keep
+
+Every file is written to ``<file>.tmp`` and renamed with ``os.replace`` (atomic on POSIX),
+so a crash while writing leaves the previous file intact. Files hold only tensors,
+primitives and containers and are read with ``torch.load(weights_only=True)``: loading a
+checkpoint can never run code. Only rank 0 writes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from collections import defaultdict
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+# one error type and one safe torch.load for trainer checkpoints and model weights
+from albef_plugin.models.checkpoints import CheckpointError, safe_torch_load
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CHECKPOINT_FORMAT_VERSION",
+    "CheckpointError",
+    "Checkpointer",
+    "atomic_torch_save",
+    "load_checkpoint_file",
+    "resolve_resume_file",
+    "load_model_state",
+    "group_keys_by_prefix",
+]
+
+CHECKPOINT_FORMAT_VERSION = 1
+CURRENT = "current.ckpt"
+BEST = "best.ckpt"
+MODELS_DIR = "models"
+_MODEL_FILE = re.compile(r"^model_(\d+)\.ckpt$")
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save`` to ``<path>.tmp``, then rename over ``path``."""
+    tmp = path + ".tmp"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):  # don't leave a partial file behind
+            os.remove(tmp)
+        raise
+
+
+def _atomic_copy(src: str, dst: str) -> None:
+    tmp = dst + ".tmp"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def load_checkpoint_file(path: str, allow_unsafe_pickle: bool = False) -> Dict[str, Any]:
+    """Read a checkpoint on CPU with ``weights_only=True`` (one helper for every checkpoint
+    read: :func:`albef_plugin.models.checkpoints.safe_torch_load`).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: the file needs full unpickling and ``allow_unsafe_pickle`` is off.
+    """
+    return safe_torch_load(path, allow_unsafe_pickle)
+
+
+class Checkpointer:
+    """Writes and prunes the checkpoint files of one run directory."""
+
+    def __init__(self, save_dir: str, max_to_keep: int = -1) -> None:
+        self.save_dir = save_dir
+        self.max_to_keep = max_to_keep
+        self.current_path = os.path.join(save_dir, CURRENT)
+        self.best_path = os.path.join(save_dir, BEST)
+        self.models_dir = os.path.join(save_dir, MODELS_DIR)
+
+    def model_path(self, update: int) -> str:
+        return os.path.join(self.models_dir, f"model_{update}.ckpt")
+
+    def save(self, payload: Mapping[str, Any], update: int, *, current: bool = True,
+             snapshot: bool = True, best: bool = False) -> List[str]:
+        """Serialize ``payload`` once and place it under each requested name.
+
+        Args:
+            current: write ``current.ckpt``.
+            snapshot: write ``models/model_<update>.ckpt`` (unless max_to_keep == 0) and prune.
+            best: write ``best.ckpt``.
+
+        Returns:
+            The paths written.
+        """
+        targets = []
+        if snapshot and self.max_to_keep != 0:
+            os.makedirs(self.models_dir, exist_ok=True)
+            targets.append(self.model_path(update))
+        if current:
+            targets.append(self.current_path)
+        if best:
+            targets.append(self.best_path)
+        if not targets:
+            return []
+        os.makedirs(self.save_dir, exist_ok=True)
+        atomic_torch_save(dict(payload), targets[0])
+        for path in targets[1:]:
+            _atomic_copy(targets[0], path)
+        if snapshot:
+            self.prune()
+        logger.info("checkpoint of update %d written to %s", update, ", ".join(targets))
+        return targets
+
+    def snapshots(self) -> List[Tuple[int, str]]:
+        """``(update, path)`` of the files in ``models/``, oldest first."""
+        if not os.path.isdir(self.models_dir):
+            return []
+        found = []
+        for name in os.listdir(self.models_dir):
+            match = _MODEL_FILE.match(name)
+            if match:
+                found.append((int(match.group(1)), os.path.join(self.models_dir, name)))
+        return sorted(found)
+
+    def prune(self) -> None:
+        """Delete the oldest snapshots beyond ``max_to_keep`` (-1 keeps all)."""
+        if self.max_to_keep < 0:
+            return
+        snapshots = self.snapshots()
+        for _, path in snapshots[: max(0, len(snapshots) - self.max_to_keep)]:
+            os.remove(path)
+            logger.info("removed old checkpoint %s (checkpoint.max_to_keep=%d)", path, self.max_to_keep)
+
+
+def resolve_resume_file(checkpoint_config: Any, save_dir: str) -> Optional[Tuple[str, str]]:
+    """Which file a run starts from, with MMF's precedence.
+
+    1. ``resume_file`` is set and (``resume`` is off or ``<save_dir>/current.ckpt`` is
+       missing): that file (it must exist).
+    2. ``resume`` is on: ``current.ckpt`` (``best.ckpt`` first with ``resume_best``),
+       falling back to the other one.
+    3. Otherwise nothing: a fresh start.
+
+    Returns:
+        ``(path, reason)`` or None for a fresh start.
+    """
+    current = os.path.join(save_dir, CURRENT)
+    best = os.path.join(save_dir, BEST)
+    resume_file = checkpoint_config.resume_file
+    if resume_file and (not checkpoint_config.resume or not os.path.isfile(current)):
+        if not os.path.isfile(resume_file):
+            raise FileNotFoundError(
+                f"checkpoint.resume_file={resume_file!r} does not exist: fix the path, or unset "
+                f"checkpoint.resume_file to start from scratch.")
+        why = "checkpoint.resume_file is set" + (
+            f" and {current} does not exist" if checkpoint_config.resume else "")
+        return resume_file, why
+    if checkpoint_config.resume:
+        order = [best, current] if checkpoint_config.resume_best else [current, best]
+        for path in order:
+            if os.path.isfile(path):
+                preferred = path == order[0]
+                why = "checkpoint.resume=true" + ("" if preferred else f" and {order[0]} is missing")
+                return path, why
+        logger.info("checkpoint.resume=true but %s has no current.ckpt or best.ckpt: starting "
+                    "from scratch", save_dir)
+    return None
+
+
+def group_keys_by_prefix(keys: Iterable[str], depth: int = 2) -> str:
+    """``"a.b.{c,d}"``-style summary of state-dict keys, readable with hundreds of keys."""
+    groups: Dict[str, List[str]] = defaultdict(list)
+    for key in keys:
+        parts = key.split(".")
+        prefix = ".".join(parts[:depth]) if len(parts) > depth else ""
+        groups[prefix].append(".".join(parts[depth:]) if prefix else key)
+    lines = []
+    for prefix, rests in sorted(groups.items()):
+        if prefix:
+            shown = ", ".join(sorted(rests)[:6]) + (", ..." if len(rests) > 6 else "")
+            lines.append(f"  {prefix}.{{{shown}}} ({len(rests)} keys)")
+        else:
+            lines.extend(f"  {rest}" for rest in sorted(rests))
+    return "\n".join(lines)
+
+
+def load_model_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, strict: bool,
+                     source: str) -> None:
+    """``model.load_state_dict`` with missing / unexpected keys listed by module prefix.
+
+    With ``strict`` a mismatch raises :class:`CheckpointError`; otherwise it is logged.
+    Tensors with a different shape are always an error (they cannot be loaded).
+    """
+    own = model.state_dict()
+    wrong_shape = [f"  {k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                   for k, v in state_dict.items()
+                   if k in own and isinstance(v, torch.Tensor) and own[k].shape != v.shape]
+    if wrong_shape:
+        raise CheckpointError(f"{source}: tensors with a different shape than the model:\n"
+                              + "\n".join(wrong_shape)
+                              + "\nCheck the model config (sizes, image resolution) of this run.")
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    if strict and (missing or unexpected):
+        raise CheckpointError(
+            f"{source} does not match the model.\nmissing in the checkpoint:\n"
+            f"{group_keys_by_prefix(missing) or '  (none)'}\nnot in the model:\n"
+            f"{group_keys_by_prefix(unexpected) or '  (none)'}\nTo load the matching weights "
+            f"only, set checkpoint.resume_pretrained=true.")
+    model.load_state_dict(state_dict, strict=strict)
+    if missing:
+        logger.warning("%s: %d model keys missing in the checkpoint (left as initialised):\n%s",
+                       source, len(missing), group_keys_by_prefix(missing))
+    if unexpected:
+        logger.warning("%s: %d checkpoint keys unused by the model:\n%s", source, len(unexpected),
+                       group_keys_by_prefix(unexpected))

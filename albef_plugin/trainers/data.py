@@ -1,0 +1,259 @@
+"""Data loading that can resume exactly in the middle of an epoch.
+
+Three pieces make the data stream a pure function of ``(seed, epoch, position)``:
+
+* :class:`ResumableDistributedSampler` shuffles with ``seed + epoch`` (like torch's
+  ``DistributedSampler``) and can start ``skip`` samples into this rank's share of the
+  epoch, so a resumed run never loads the samples it already consumed.
+* It yields ``(epoch, index)`` keys instead of bare indices; :class:`SeededSamples`
+  turns each key back into ``dataset[index]`` after seeding ``random``, ``numpy`` and
+  ``torch`` from a hash of ``(seed, epoch, index)``. Random augmentations therefore do
+  not depend on which worker loads the sample, nor on what ran before. In the main process
+  (``num_workers=0``) the global generators are saved and restored around the call, so
+  the data never shifts the model's random stream (dropout, MLM masking, hard negatives).
+  The epoch travels in the key (not in an attribute of the dataset) because persistent
+  workers hold their own copy of the dataset.
+* :class:`EpochBatchIterator` walks the loader epoch after epoch and knows the position
+  ``(epoch, iteration_in_epoch)`` of the next batch, which is what checkpoints store.
+
+Randomness inside a ``collate_fn`` running in a worker is NOT covered (it follows the
+worker's seed); keep augmentations in ``__getitem__``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "sample_seed",
+    "ResumableDistributedSampler",
+    "SeededSamples",
+    "build_train_loader",
+    "EpochBatchIterator",
+    "batch_size_of",
+]
+
+SampleKey = Tuple[int, int]  # (epoch, dataset index)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one sample of one epoch (numpy's SeedSequence hash)."""
+    words = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+class ResumableDistributedSampler(Sampler[SampleKey]):
+    """This rank's share of a shuffled epoch, as ``(epoch, index)`` keys.
+
+    The permutation depends only on ``seed + epoch``; it is padded (by repeating its
+    head) to a multiple of the world size, then rank ``r`` takes every ``world_size``-th
+    element starting at ``r``, like ``torch.utils.data.DistributedSampler``.
+
+    Args:
+        dataset_size: number of samples.
+        num_replicas / rank: world size and this process's rank.
+        seed: the same on every rank (it defines the shared permutation).
+        shuffle: False keeps the dataset order.
+    """
+
+    def __init__(self, dataset_size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+                 shuffle: bool = True) -> None:
+        if dataset_size <= 0:
+            raise ValueError("the training dataset is empty: check the dataset's annotation "
+                             "files and the dataset_config of the training datasets.")
+        self.dataset_size = dataset_size
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.shuffle = shuffle
+        self.num_samples = math.ceil(dataset_size / num_replicas)  # per rank, per epoch
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Select the epoch and how many of this rank's samples to leave out at its start."""
+        if not 0 <= skip <= self.num_samples:
+            raise ValueError(f"skip={skip} is outside this rank's epoch of {self.num_samples} samples")
+        self.epoch = epoch
+        self.skip = skip
+
+    def indices(self) -> List[int]:
+        """This rank's full list of dataset indices for the current epoch (no skip)."""
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.dataset_size, generator=generator).tolist()
+        else:
+            order = list(range(self.dataset_size))
+        total = self.num_samples * self.num_replicas
+        while len(order) < total:  # pad so every rank gets the same count
+            order += order[: total - len(order)]
+        return order[self.rank:total:self.num_replicas]
+
+    def __iter__(self) -> Iterator[SampleKey]:
+        for index in self.indices()[self.skip:]:
+            yield self.epoch, index
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset so that ``self[(epoch, index)]`` is reproducible (see module doc)."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: SampleKey) -> Any:
+        epoch, index = key
+        seed = sample_seed(self.seed, epoch, index)
+        in_worker = torch.utils.data.get_worker_info() is not None
+        if in_worker:  # the worker's generators belong to the data alone: just reseed
+            return self._load_seeded(index, seed)
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                return self._load_seeded(index, seed)
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+    def _load_seeded(self, index: int, seed: int) -> Any:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        return self.dataset[index]
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed ``random``/``numpy`` of a worker from its torch seed (set by the loader generator)."""
+    worker_seed = torch.initial_seed() % 2**32
+    random.seed(worker_seed)
+    np.random.seed(worker_seed)
+
+
+def build_train_loader(dataset: Dataset, collate_fn: Optional[Callable], *, batch_size: int,
+                       seed: int, rank: int, world_size: int, num_workers: int,
+                       pin_memory: bool, persistent_workers: bool,
+                       ) -> Tuple[DataLoader, ResumableDistributedSampler]:
+    """The training loader: shuffled, distributed, ``drop_last`` (as the official code).
+
+    Returns:
+        ``(loader, sampler)``; call ``sampler.set_epoch(epoch, skip)`` before ``iter(loader)``.
+    """
+    sampler = ResumableDistributedSampler(len(dataset), world_size, rank, seed=seed)  # type: ignore[arg-type]
+    if sampler.num_samples < batch_size:
+        raise ValueError(f"training.batch_size={batch_size} is larger than this rank's share of "
+                         f"the training data ({sampler.num_samples} samples of {len(dataset)} "  # type: ignore[arg-type]
+                         f"over {world_size} processes): lower training.batch_size.")
+    # the loader's own generator (not the global one) draws the workers' base seed, so
+    # creating an iterator never consumes the model's random stream
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(
+        SeededSamples(dataset, seed), batch_size=batch_size, sampler=sampler,
+        collate_fn=collate_fn, num_workers=num_workers, drop_last=True,
+        pin_memory=pin_memory, persistent_workers=persistent_workers and num_workers > 0,
+        worker_init_fn=_seed_worker if num_workers > 0 else None, generator=generator,
+    )
+    return loader, sampler
+
+
+def batch_size_of(batch: Dict[str, Any]) -> int:
+    """Samples in a collated batch: dim 0 of its first tensor (0 when it holds no tensor)."""
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.ndim > 0:
+            return int(value.shape[0])
+    return 0
+
+
+class EpochBatchIterator:
+    """Endless batches from the training loader, epoch after epoch, with their position.
+
+    ``position`` is ``(epoch, iteration_in_epoch)`` of the NEXT batch: what a checkpoint
+    stores and what :meth:`start_at` takes back. Each batch's ``num_skipped`` (samples
+    the dataset dropped, e.g. unreadable images) is popped and counted here.
+
+    Args:
+        loader / sampler: from :func:`build_train_loader`.
+        on_epoch_end: called as ``on_epoch_end(epoch, num_skipped_in_epoch)`` once an epoch's
+            last batch has been drawn (on every rank: it may run a collective).
+    """
+
+    def __init__(self, loader: DataLoader, sampler: ResumableDistributedSampler,
+                 on_epoch_end: Optional[Callable[[int, int], None]] = None) -> None:
+        self.loader = loader
+        self.sampler = sampler
+        self.batch_size = int(loader.batch_size or 1)
+        self.iterations_per_epoch = sampler.num_samples // self.batch_size  # drop_last
+        self.on_epoch_end = on_epoch_end
+        self.epoch = 0
+        self.iteration = 0
+        self.skipped_in_epoch = 0
+        self._iterator: Optional[Iterator[Any]] = None
+
+    @property
+    def position(self) -> Tuple[int, int]:
+        return self.epoch, self.iteration
+
+    def start_at(self, epoch: int, iteration: int) -> None:
+        """Continue from a saved position; an iteration past the epoch's end starts the next epoch."""
+        if iteration >= self.iterations_per_epoch:
+            epoch, iteration = epoch + 1, 0
+        self.epoch, self.iteration = epoch, iteration
+        self._iterator = None
+
+    def next(self) -> Tuple[Tuple[int, int], Dict[str, Any], int]:
+        """The next batch.
+
+        Returns:
+            ``(position, batch, num_skipped)``: the batch's own ``(epoch, iteration)``,
+            the collated dict (``num_skipped`` removed) and how many samples it lost.
+        """
+        if self._iterator is None:
+            self.sampler.set_epoch(self.epoch, skip=self.iteration * self.batch_size)
+            self._iterator = iter(self.loader)
+        batch = next(self._iterator)
+        num_skipped = int(batch.pop("num_skipped", 0)) if isinstance(batch, dict) else 0
+        self.skipped_in_epoch += num_skipped
+        position = self.position
+        self.iteration += 1
+        if self.iteration >= self.iterations_per_epoch:
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(self.epoch, self.skipped_in_epoch)
+            self.epoch, self.iteration, self.skipped_in_epoch = self.epoch + 1, 0, 0
+            self._iterator = None
+        return position, batch, num_skipped
+
+
+    def close(self) -> None:
+        """Stop the loader's worker processes now.
+
+        Left to the garbage collector, an iterator caught in a reference cycle is finalised
+        after its queues, and each worker then waits out a 5 s timeout before exiting.
+        """
+        iterator, self._iterator = self._iterator, None
+        persistent = getattr(self.loader, "_iterator", None)  # kept by persistent_workers
+        for candidate in {id(i): i for i in (iterator, persistent) if i is not None}.values():
+            shutdown = getattr(candidate, "_shutdown_workers", None)  # multi-process iterators only
+            if shutdown is not None:
+                shutdown()
+        if persistent is not None:
+            self.loader._iterator = None
+
+
+def concat_or_single(datasets: Sequence[Dataset]) -> Dataset:
+    """One dataset as is, several as a ``ConcatDataset``."""
+    if len(datasets) == 1:
+        return datasets[0]
+    return torch.utils.data.ConcatDataset(list(datasets))

@@ -1,0 +1,160 @@
+"""What a training checkpoint holds, and how a run starts from one.
+
+A checkpoint (format version 1) is a dict of tensors / primitives / containers:
+
+``format_version``, ``model`` (the unwrapped model's full ``state_dict``: momentum
+encoders and queues included), ``optimizer``, ``lr_scheduler``, ``scaler``,
+``train_state`` (TrainState), ``rng`` (one state per rank), ``data`` (epoch,
+iteration_in_epoch, skipped_in_epoch, sampler_seed, batch_size, world_size,
+iterations_per_epoch), ``best`` (best metric key / value / update) and ``config`` (the
+resolved config as plain containers).
+
+Which file a run starts from follows MMF's precedence (``checkpointer.resolve_resume_file``);
+the ``checkpoint.reset.*`` keys drop parts of it, as in MMF:
+``reset.all`` (model weights only), ``reset.optimizer``, ``reset.counts`` (TrainState,
+data position, RNG, best metric), ``reset.fp16_scaler``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Dict, Mapping
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from albef_plugin.distributed import get_world_size
+from albef_plugin.trainers.checkpointer import (CHECKPOINT_FORMAT_VERSION, CheckpointError,
+                                                load_checkpoint_file, load_model_state,
+                                                resolve_resume_file)
+from albef_plugin.trainers.meter import NonFiniteLossError
+from albef_plugin.trainers.rng import gather_rng_states, restore_rank_rng_state
+
+if TYPE_CHECKING:
+    from albef_plugin.trainers.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["checkpoint_payload", "load_start_checkpoint", "check_finite_weights"]
+
+
+def checkpoint_payload(trainer: "Trainer") -> Dict[str, Any]:
+    """Everything needed to continue as if never stopped. A collective (gathers RNG states)."""
+    rng_states = gather_rng_states()
+    if not trainer.is_main:
+        return {}
+    state, batches = trainer.state, trainer.batches
+    return {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "lr_scheduler": trainer.lr_scheduler.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "train_state": state.state_dict(),
+        "rng": rng_states,
+        "data": {
+            "epoch": batches.epoch,
+            "iteration_in_epoch": batches.iteration,
+            "skipped_in_epoch": batches.skipped_in_epoch,
+            "sampler_seed": batches.sampler.seed,
+            "batch_size": batches.batch_size,
+            "world_size": get_world_size(),
+            "iterations_per_epoch": batches.iterations_per_epoch,
+        },
+        "best": trainer.best.state_dict(),
+        "config": OmegaConf.to_container(trainer.config, resolve=True),
+    }
+
+
+def check_finite_weights(model: nn.Module, update: int) -> None:
+    """Refuse to go on (and to checkpoint) with NaN/inf parameters (one sync)."""
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    if not params:
+        return
+    finite = torch.stack([torch.isfinite(p).all() for p in params])
+    if not bool(finite.all()):
+        names = [n for (n, p), ok in zip(((n, p) for n, p in model.named_parameters()
+                                          if p.is_floating_point()), finite.tolist()) if not ok]
+        raise NonFiniteLossError(f"parameters became NaN/inf by update {update} ({', '.join(names[:8])}"
+                                 f"{', ...' if len(names) > 8 else ''}); no checkpoint written.")
+
+
+def _model_state_of(checkpoint: Any, path: str) -> Mapping[str, torch.Tensor]:
+    """The weights in a checkpoint: ours / official ALBEF (``{"model": ...}``) or a bare state dict."""
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("model"), Mapping):
+        return checkpoint["model"]
+    if isinstance(checkpoint, Mapping) and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return checkpoint
+    raise CheckpointError(f"{path!r} holds no model weights: expected a dict with a 'model' "
+                          f"state dict, or a state dict itself.")
+
+
+def load_start_checkpoint(trainer: "Trainer") -> None:
+    """Load the checkpoint the run starts from (if any), as ``checkpoint.*`` asks."""
+    checkpoint_config = trainer.config.checkpoint
+    found = resolve_resume_file(checkpoint_config, trainer.save_dir)
+    if found is None:
+        if trainer.run_training:
+            logger.info("no checkpoint to load: starting from the model's initialisation")
+        else:
+            logger.warning("run_type=%s evaluates the model's initial weights: no checkpoint was "
+                           "loaded (set checkpoint.resume_file=<file>)", trainer.config.run_type)
+        return
+    path, why = found
+    logger.info("loading checkpoint %s (%s)", path, why)
+    checkpoint = load_checkpoint_file(path, checkpoint_config.allow_unsafe_pickle)
+    if checkpoint_config.resume_pretrained:
+        load_model_state(trainer.model, _model_state_of(checkpoint, path), strict=False, source=path)
+        logger.info("checkpoint.resume_pretrained=true: model weights loaded, training state not")
+        return
+    version = checkpoint.get("format_version") if isinstance(checkpoint, Mapping) else None
+    if version is None:
+        raise CheckpointError(
+            f"{path!r} is not a training checkpoint of albef_plugin (no format_version). To "
+            f"initialise the model from its weights, set checkpoint.resume_pretrained=true.")
+    if version > CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(f"{path!r} has format version {version}, newer than this code "
+                              f"({CHECKPOINT_FORMAT_VERSION}): update albef_plugin.")
+    load_model_state(trainer.model, checkpoint["model"], strict=True, source=path)
+    if trainer.run_training:
+        _restore_training_state(trainer, checkpoint, path)
+
+
+def _restore_training_state(trainer: "Trainer", checkpoint: Mapping[str, Any], path: str) -> None:
+    reset = trainer.config.checkpoint.reset
+    if reset.all:
+        logger.info("checkpoint.reset.all=true: only the model weights of %s are used", path)
+        return
+    if not reset.optimizer:
+        trainer.optimizer.load_state_dict(checkpoint["optimizer"])
+    if not reset.fp16_scaler and checkpoint.get("scaler") and trainer.scaler.is_enabled():
+        trainer.scaler.load_state_dict(checkpoint["scaler"])
+    if reset.counts:
+        logger.info("checkpoint.reset.counts=true: updates, epochs and data position start at 0")
+        return
+    state = trainer.state
+    iterations_per_epoch = state.iterations_per_epoch
+    state.load_state_dict(checkpoint["train_state"])
+    state.iterations_per_epoch = iterations_per_epoch
+    trainer.best.load_state_dict(checkpoint.get("best", {}))
+    data = checkpoint["data"]
+    _warn_on_changed_data_geometry(trainer, data)
+    trainer.batches.start_at(data["epoch"], data["iteration_in_epoch"])
+    if trainer.batches.epoch == data["epoch"]:  # same epoch continues: keep its skip count
+        trainer.batches.skipped_in_epoch = int(data.get("skipped_in_epoch", 0))
+    state.epoch, state.iteration_in_epoch = trainer.batches.position
+    restore_rank_rng_state(checkpoint["rng"], int(trainer.config.training.seed))
+    trainer.lr_scheduler.step(state.update)
+    trainer._last_saved = trainer._last_logged = state.update
+    logger.info("resumed at update %d, epoch %d, iteration %d of %d", state.update, state.epoch,
+                state.iteration_in_epoch, iterations_per_epoch)
+
+
+def _warn_on_changed_data_geometry(trainer: "Trainer", data: Mapping[str, Any]) -> None:
+    now = {"sampler_seed": trainer.batches.sampler.seed, "batch_size": trainer.batches.batch_size,
+           "world_size": get_world_size(), "iterations_per_epoch": trainer.batches.iterations_per_epoch}
+    changed = {k: (data.get(k), v) for k, v in now.items() if data.get(k) != v}
+    if changed:
+        logger.warning("the data setup changed since the checkpoint (%s): the data order "
+                       "continues approximately, not exactly",
+                       ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))

@@ -1,0 +1,337 @@
+"""The ALBEF trainer: an update-based loop with evaluation, checkpoints and exact resume.
+
+Reading order: :meth:`Trainer.load` (construction, one ``build_*`` call per part),
+:meth:`Trainer.run` (what ``run_type`` asks for), :meth:`Trainer.train` (the loop),
+:meth:`Trainer.train_step` (one optimizer update). Checkpoint contents and resuming live in
+``resume.py``; files in ``checkpointer.py``; data order and randomness in ``data.py``.
+
+Counting: one *iteration* is one batch (a micro-batch); one *update* is one optimizer step
+over ``training.update_frequency`` iterations. Intervals (log, evaluation, checkpoint) and
+``max_updates`` count updates. ``max_epochs`` is converted to updates with the loader length.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any, ContextManager, Dict, List, Optional, Tuple
+
+import torch
+from tqdm import tqdm
+
+from albef_plugin.distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
+from albef_plugin.registry import registry
+from albef_plugin.train_state import TrainState
+from albef_plugin.trainers import resume
+from albef_plugin.trainers.build import build_datasets, build_model, parse_run_type, wrap_model
+from albef_plugin.trainers.checkpointer import Checkpointer
+from albef_plugin.trainers.data import EpochBatchIterator, batch_size_of, build_train_loader
+from albef_plugin.trainers.evaluation import BestMetricTracker, build_metrics, evaluate_split
+from albef_plugin.trainers.meter import NonFiniteLossError, TrainMeter
+from albef_plugin.trainers.metrics_log import MetricsWriter, attach_file_log, detach_file_log
+from albef_plugin.trainers.optim import build_optimizer
+from albef_plugin.trainers.plots import plot_training_curves
+from albef_plugin.trainers.precision import (build_grad_scaler, get_autocast, resolve_device,
+                                             resolve_precision)
+from albef_plugin.trainers.rng import seed_everything
+from albef_plugin.trainers.schedulers import build_lr_scheduler
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Trainer", "compute_max_updates", "move_to_device"]
+
+Batch = Dict[str, Any]
+MicroBatch = Tuple[Tuple[int, int], Batch, int]  # (position, batch, num_skipped)
+
+
+def compute_max_updates(max_updates: Optional[int], max_epochs: Optional[int],
+                        iterations_per_epoch: int, update_frequency: int) -> int:
+    """``max_updates`` wins; else ``max_epochs`` worth of iterations, in whole updates (the
+    last ``< update_frequency`` batches of the final epoch are not used)."""
+    if max_updates is not None:
+        return int(max_updates)
+    if max_epochs is not None:
+        return max(1, int(max_epochs) * iterations_per_epoch // update_frequency)
+    raise ValueError("set training.max_updates or training.max_epochs (max_updates wins when "
+                     "both are set).")
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors of a (nested) batch moved to ``device``; other values untouched."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=device.type == "cuda")
+    if isinstance(batch, dict):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch
+
+
+def _every(update: int, interval: int) -> bool:
+    return interval > 0 and update % interval == 0
+
+
+@registry.register_trainer("albef_trainer")
+class Trainer:
+    """Trains and evaluates a registered model on registered datasets.
+
+    Args:
+        config: the full resolved root config (``RootConfig`` schema).
+    """
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.run_training, self.eval_splits = parse_run_type(config.run_type)
+        self.state = TrainState()
+        self.stop_requested = False
+        self._last_logged = self._last_saved = -1
+        self._last_eval: Dict[str, int] = {}
+        self._grad_norm: Optional[torch.Tensor] = None
+        self._lr_used = float("nan")
+        self._log_handler: Optional[logging.Handler] = None
+        self._progress: Optional[tqdm] = None
+        self.writer = MetricsWriter(None)
+
+    # ------------------------------------------------------------------ construction
+    def load(self) -> None:
+        """Build everything and load the checkpoint to start from, if any."""
+        cfg, training = self.config, self.config.training
+        self.save_dir = str(cfg.env.save_dir)
+        self.is_main = is_main_process()
+        if self.is_main:  # (run_job writes the resolved config.yaml)
+            self._log_handler = attach_file_log(self.save_dir, cfg.env.log_level)
+        self.device = resolve_device(training.device)
+        self.precision = resolve_precision(training.precision, self.device)
+        seed_everything(training.seed + get_rank())
+
+        self.metrics = build_metrics(cfg.evaluation)
+        periodic_eval = self.run_training and training.evaluation_interval > 0 and self.metrics
+        splits = (["train"] if self.run_training else []) + self.eval_splits
+        if periodic_eval and "val" not in splits:
+            splits.append("val")
+        self.datasets = build_datasets(cfg, splits)
+        self.model = build_model(cfg).to(self.device)
+        self.best = BestMetricTracker(training.early_stop.criteria, training.early_stop.minimize,
+                                      training.early_stop.patience, training.early_stop.enabled)
+        self.checkpointer = Checkpointer(self.save_dir, cfg.checkpoint.max_to_keep)
+        if self.run_training:
+            self._load_training_parts()
+        resume.load_start_checkpoint(self)
+        self.wrapped = wrap_model(self.model, self.device,
+                                  find_unused_parameters=training.find_unused_parameters,
+                                  compile_model=training.compile)
+        self.writer = MetricsWriter(self.save_dir if self.is_main else None,
+                                    tensorboard=training.tensorboard)
+        logger.info("device %s, precision %s, %d process(es), run_type %s", self.device,
+                    self.precision, get_world_size(), cfg.run_type)
+
+    def _load_training_parts(self) -> None:
+        cfg, training = self.config, self.config.training
+        if training.update_frequency < 1:
+            raise ValueError(f"training.update_frequency={training.update_frequency}: must be >= 1.")
+        self.update_frequency = int(training.update_frequency)
+        loader, sampler = build_train_loader(
+            self.datasets.train, self.datasets.train_collate, batch_size=training.batch_size,
+            seed=training.seed, rank=get_rank(), world_size=get_world_size(),
+            num_workers=training.num_workers, pin_memory=training.pin_memory and self.device.type == "cuda",
+            persistent_workers=training.persistent_workers)
+        self.batches = EpochBatchIterator(loader, sampler, on_epoch_end=self._on_epoch_end)
+        self.state.iterations_per_epoch = self.batches.iterations_per_epoch
+        self.max_updates = compute_max_updates(training.max_updates, training.max_epochs,
+                                               self.batches.iterations_per_epoch, self.update_frequency)
+        self.optimizer = build_optimizer(self.model, cfg.optimizer)
+        self.lr_scheduler = build_lr_scheduler(
+            self.optimizer, cfg.scheduler, lr=float(self.optimizer.defaults["lr"]),
+            max_updates=self.max_updates,
+            updates_per_epoch=max(1, self.batches.iterations_per_epoch // self.update_frequency))
+        self.scaler = build_grad_scaler(self.precision, self.device)
+        self.meter = TrainMeter(self.device)
+        logger.info("%d updates of %d x %d x %d samples (update_frequency x batch_size x processes); "
+                    "%d iterations per epoch", self.max_updates, self.update_frequency,
+                    training.batch_size, get_world_size(), self.batches.iterations_per_epoch)
+
+    # ------------------------------------------------------------------ entry point
+    def run(self) -> None:
+        """Train and/or evaluate as ``run_type`` says, then write the curves and close."""
+        try:
+            if self.run_training:
+                self.train()
+            if self.eval_splits and not self.metrics:
+                logger.warning("run_type=%s asks for evaluation but evaluation.metrics is empty",
+                               self.config.run_type)
+            for split in self.eval_splits if self.metrics else []:
+                if self._last_eval.get(split) == self.state.update:
+                    continue  # the periodic evaluation already covered this update
+                if self.evaluate(split) and self.run_training:
+                    self.save_checkpoint(current=False, snapshot=False, best=True)
+        finally:
+            self.close()
+
+    # ------------------------------------------------------------------ training
+    def train(self) -> None:
+        """Updates until ``max_updates`` or early stop: log, evaluate and checkpoint on intervals."""
+        state, training = self.state, self.config.training
+        logger.info("training from update %d to %d", state.update, self.max_updates)
+        self.wrapped.train()
+        self.lr_scheduler.step(state.update)
+        self._progress = tqdm(total=self.max_updates, initial=state.update, desc="train",
+                              dynamic_ncols=True, disable=not (self.is_main and training.progress_bar))
+        while state.update < self.max_updates and not self.stop_requested:
+            self.train_step([self.batches.next() for _ in range(self.update_frequency)])
+            self._progress.update(1)
+            if _every(state.update, training.log_interval):
+                self.log_training()
+            improved = False
+            if _every(state.update, training.evaluation_interval) and self.metrics \
+                    and "val" in self.datasets.eval:
+                improved = self.evaluate("val")
+            periodic = _every(state.update, training.checkpoint_interval)
+            if periodic or improved:
+                self.save_checkpoint(current=periodic, snapshot=periodic, best=improved)
+            if self.best.should_stop(state.update):
+                logger.info("early stop at update %d: %s has not improved since update %d",
+                            state.update, self.best.key, self.best.update)
+                self.stop_requested = True
+        self._progress.close()
+        if self._last_logged != state.update:
+            self.log_training()
+        if self._last_saved != state.update:
+            self.save_checkpoint()
+
+    def train_step(self, micro_batches: List[MicroBatch]) -> None:
+        """One optimizer update: forward/backward on each micro-batch, clip, step, schedule.
+
+        Gradients are synchronised across processes only on the last micro-batch (DDP
+        ``no_sync`` before). Micro-batches whose samples were all skipped by the dataset
+        are passed over.
+        """
+        state = self.state
+        with_data = [i for i, (_, batch, _) in enumerate(micro_batches) if batch_size_of(batch) > 0]
+        for i, (position, batch, num_skipped) in enumerate(micro_batches):
+            self.meter.add_skipped(num_skipped)
+            if i not in with_data:
+                logger.warning("update %d: empty batch (all samples skipped by the dataset); passed over",
+                               state.update + 1)
+                continue
+            state.epoch, state.iteration_in_epoch = position
+            state.alpha = self.model.alpha_for(state) if hasattr(self.model, "alpha_for") else None
+            with self._gradient_sync(i == with_data[-1]):
+                with get_autocast(self.precision, self.device):
+                    losses = self._losses(self.wrapped(move_to_device(batch, self.device), train_state=state))
+                    total = sum(losses.values())
+                self.scaler.scale(total / len(with_data)).backward()
+            self.meter.add(losses, total, batch_size_of(batch), update=state.update + 1)
+        if with_data:
+            if self.config.training.clip_grad_norm:
+                self.scaler.unscale_(self.optimizer)
+                self._grad_norm = torch.nn.utils.clip_grad_norm_(
+                    self.model.parameters(), self.config.training.clip_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._lr_used = float(self.optimizer.param_groups[0]["lr"])
+        state.update += 1
+        state.epoch, state.iteration_in_epoch = self.batches.position
+        self.lr_scheduler.step(state.update)
+
+    def _losses(self, output: Any) -> Dict[str, torch.Tensor]:
+        losses = output.get("losses") if isinstance(output, dict) else None
+        if not losses:
+            raise TypeError(f"model {self.config.model!r} returned no 'losses' in training mode: "
+                            f"forward() must return {{'losses': {{name: scalar tensor}}, ...}}.")
+        return losses
+
+    def _gradient_sync(self, sync: bool) -> ContextManager:
+        """DDP's ``no_sync`` on micro-batches that are not the last of an update."""
+        if sync or not isinstance(unwrap_ddp(self.wrapped), torch.nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return unwrap_ddp(self.wrapped).no_sync()
+
+    def _on_epoch_end(self, epoch: int, num_skipped: int) -> None:
+        total = int(all_reduce_sum(torch.tensor(num_skipped, device=self.device)).item())
+        logger.info("epoch %d finished: %d samples skipped by the datasets", epoch, total)
+        self.writer.write({"kind": "epoch", "update": self.state.update, "epoch": epoch,
+                           "num_skipped": total})
+
+    # ------------------------------------------------------------------ logging / evaluation
+    def log_training(self) -> None:
+        """Write the averaged losses since the last log; stop on NaN/inf (a sync point)."""
+        record: Dict[str, Any] = {"kind": "train", "update": self.state.update,
+                                  "epoch": round(self.state.epoch_progress, 4)}
+        record.update(self.meter.summary())
+        record["lr"] = self._lr_used  # the lr of the update just done (group 0)
+        if self._grad_norm is not None:
+            record["grad_norm"] = float(self._grad_norm)
+        self.writer.write(record)
+        self._last_logged = self.state.update
+        losses = ", ".join(f"{k.removeprefix('train/')} {v:.4f}" for k, v in record.items()
+                           if k.startswith("train/") or k == "total_loss")
+        logger.info("update %d/%d epoch %.2f | %s | lr %.3g | %.1f samples/s", self.state.update,
+                    self.max_updates, record["epoch"], losses, record["lr"], record["samples_per_s"])
+        if self._progress is not None:
+            self._progress.set_postfix(loss=f"{record.get('total_loss', float('nan')):.4f}",
+                                       lr=f"{record['lr']:.2e}", sps=f"{record['samples_per_s']:.0f}")
+        self.raise_if_non_finite()
+
+    def raise_if_non_finite(self) -> None:
+        """Raise :class:`NonFiniteLossError` if any loss since the start was NaN/inf."""
+        bad = self.meter.first_non_finite() if self.run_training else None
+        if bad is None:
+            return
+        update, losses = bad
+        shown = ", ".join(f"{k}={v}" for k, v in losses.items()) or "(seen on another rank)"
+        last_good = self.checkpointer.current_path if self._last_saved >= 0 else "none written"
+        message = (f"non-finite training loss at update {update}: {shown}. Stopping without writing "
+                   f"a checkpoint (last good checkpoint: {last_good}). Try a lower "
+                   f"optimizer.params.lr, training.clip_grad_norm, or training.precision=bf16/fp32.")
+        logger.error(message)
+        raise NonFiniteLossError(message)
+
+    def evaluate(self, split: str) -> bool:
+        """Evaluate every metric on ``split``; log; True when ``val`` gives a new best."""
+        results = evaluate_split(self.model, split, self.datasets.eval.get(split, {}), self.metrics,
+                                 self.device, self.precision)
+        self.writer.write({"kind": "eval", "split": split, "update": self.state.update,
+                           "epoch": round(self.state.epoch_progress, 4), **results})
+        logger.info("evaluation on %s at update %d: %s", split, self.state.update,
+                    ", ".join(f"{k} {v:.4f}" for k, v in results.items()) or "(no metrics)")
+        self._last_eval[split] = self.state.update
+        return split == "val" and self.run_training and self.best.observe(results, self.state.update)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, *, current: bool = True, snapshot: bool = True, best: bool = False) -> None:
+        """Write the full training state (rank 0) after checking it holds no NaN/inf.
+
+        The check reads the device-side non-finite flag (one sync) and the weights, so a
+        checkpoint is never written from broken weights, even between log intervals.
+        """
+        self.raise_if_non_finite()
+        resume.check_finite_weights(self.model, self.state.update)
+        payload = resume.checkpoint_payload(self)  # a collective (RNG states of all ranks)
+        if self.is_main:
+            self.checkpointer.save(payload, self.state.update, current=current, snapshot=snapshot,
+                                   best=best)
+        if current:
+            self._last_saved = self.state.update
+
+    # ------------------------------------------------------------------ teardown
+    def close(self) -> None:
+        """Close the log files; draw ``training_curves.png`` (rank 0, ``training.plot``)."""
+        if self._progress is not None:
+            self._progress.close()
+        if getattr(self, "batches", None) is not None:
+            self.batches.close()
+        self.writer.close()
+        if getattr(self, "is_main", False) and self.config.training.plot and self.writer.path \
+                and os.path.isfile(self.writer.path):
+            try:
+                logger.info("training curves: %s", plot_training_curves(self.writer.path))
+            except Exception:  # a plot must never hide the run's own error
+                logger.exception("could not draw the training curves")
+        detach_file_log(self._log_handler)
+        self._log_handler = None
+
+
+def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """The DDP wrapper under a ``torch.compile`` wrapper (or the model itself)."""
+    return getattr(model, "_orig_mod", model)

@@ -1,0 +1,69 @@
+"""Two CPU processes (gloo) train the toy model with DDP; one spawn covers all DDP checks."""
+import os
+import socket
+
+import torch
+import torch._dynamo  # noqa: F401  (imported once here, before forking; see the test)
+import torch.multiprocessing as mp
+
+from albef_plugin.distributed import destroy_distributed, init_distributed
+
+from .toy_components import build_trainer, load_ckpt, make_config, read_records
+
+WORLD_SIZE = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, save_dir: str, port: int) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    assert init_distributed(backend="gloo", timeout_minutes=1)
+    try:
+        # 16 samples / 2 ranks / batch 4: 2 iterations per epoch; 2 micro-batches per update
+        config = make_config(save_dir, "run_type=train_val", "training.max_updates=4",
+                             "training.update_frequency=2", "training.log_interval=2",
+                             "training.checkpoint_interval=2", "training.evaluation_interval=2",
+                             "dataset_config.toy_data.skip_indices=[0]")
+        trainer = build_trainer(config)
+        seen = []
+        collate = trainer.batches.loader.collate_fn
+        trainer.batches.loader.collate_fn = lambda samples: seen.extend(
+            s["index"] for s in samples if s is not None) or collate(samples)
+        trainer.run()
+        torch.save({"params": {n: p.detach() for n, p in trainer.model.named_parameters()},
+                    "seen": seen, "update": trainer.state.update},
+                   os.path.join(save_dir, f"rank{rank}.pt"))
+    finally:
+        destroy_distributed()
+
+
+def test_two_process_ddp(tmp_path):
+    # fork: the children inherit the imported modules (torch, torch._dynamo pulled in by the
+    # optimizers), which saves ~10 s of start-up per child on a small machine
+    mp.start_processes(_worker, args=(str(tmp_path), _free_port()), nprocs=WORLD_SIZE, join=True,
+                       start_method="fork")
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
+    assert results[0]["update"] == results[1]["update"] == 4
+    for name, param in results[0]["params"].items():
+        assert torch.equal(param, results[1]["params"][name]), name
+    initial = load_ckpt(tmp_path / "models" / "model_2.ckpt")["model"]
+    assert not torch.equal(results[0]["params"]["embed.weight"], torch.zeros_like(initial["embed.weight"]))
+    # each epoch is split between the ranks: disjoint halves of the data
+    epoch0 = [r["seen"][:8] for r in results]
+    assert not set(epoch0[0]) & set(epoch0[1])
+    # rank 0 alone writes the logs; losses are averaged and samples summed over ranks
+    train = read_records(tmp_path, "train")
+    assert [r["update"] for r in train] == [2, 4]
+    # 4 updates x 2 micro-batches = 8 iterations = 4 epochs of 2 iterations per rank
+    assert sum(r["num_skipped"] for r in train) == 4                  # index 0 once per epoch
+    assert [r["num_skipped"] for r in read_records(tmp_path, "epoch")] == [1, 1, 1, 1]
+    assert [r["update"] for r in read_records(tmp_path, "eval")] == [2, 4]
+    current = load_ckpt(tmp_path / "current.ckpt")
+    assert len(current["rng"]) == WORLD_SIZE and current["data"]["world_size"] == WORLD_SIZE
+    assert not torch.equal(current["rng"][0]["torch"], current["rng"][1]["torch"])  # seed + rank
