@@ -16,8 +16,10 @@ from albef_plugin.registry import closest_names, registry
 # Importing the model modules runs their @registry decorators.
 from albef_plugin.models import vit as _vit  # noqa: F401  (registers encoder "vit")
 from albef_plugin.models import albef as _albef  # noqa: F401  (registers "albef_pretrain")
+from albef_plugin.models.checkpoints import LoadResult, load_checkpoint
 
-__all__ = ["BaseModel", "ModelConfigError", "build_model", "model_config", "default_model_config"]
+__all__ = ["BaseModel", "ModelConfigError", "build_model", "model_config", "default_model_config",
+           "LoadResult", "load_checkpoint"]
 
 Overrides = Union[None, Mapping[str, Any], DictConfig, Sequence[str]]
 

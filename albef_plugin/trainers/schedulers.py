@@ -117,7 +117,8 @@ class ALBEFOfficialSchedule(LRSchedule):
 
     def __post_init__(self) -> None:
         if self.updates_per_epoch < 1 or self.epochs < 1 or self.iterations_per_unit < 1:
-            raise ValueError(f"albef_official schedule: updates_per_epoch={self.updates_per_epoch}, "
+            raise ValueError(f"albef_official schedule: updates_per_epoch="
+                             f"{self.updates_per_epoch}, "
                              f"epochs={self.epochs} and iterations_per_unit="
                              f"{self.iterations_per_unit} must all be >= 1.")
         if self.warmup_units < 0:
@@ -127,7 +128,8 @@ class ALBEFOfficialSchedule(LRSchedule):
         """lr during epoch ``epoch >= 1`` (timm's ``_get_lr(epoch + warmup_units)``)."""
         if epoch >= self.epochs:
             return self.min_lr
-        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + math.cos(math.pi * epoch / self.epochs))
+        cosine = 1.0 + math.cos(math.pi * epoch / self.epochs)
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * cosine
 
     def warmup(self, unit: int) -> float:
         """lr of warm-up unit ``unit`` (``lr`` itself from ``warmup_units`` on)."""

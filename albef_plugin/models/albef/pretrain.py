@@ -69,9 +69,11 @@ class ALBEFPretrain(BaseModel):
         mlm_probability: float = 0.15
         loss_weights: LossWeights = field(default_factory=LossWeights)
         gradient_checkpointing: bool = False
-        # Weights to start from (official ALBEF / our own). Loading is owned by
-        # models/checkpoints.py (a later task); this model only carries the key. TODO: load it.
+        # Weights to start from, loaded after image/text_encoder.pretrained: an official ALBEF
+        # checkpoint, one of ours, or a converted folder (models/checkpoints.py:load_checkpoint).
         checkpoint: Optional[str] = None
+        # Trusted files only: let `checkpoint` / the pretrained files need full unpickling.
+        allow_unsafe_pickle: bool = False
 
     @classmethod
     def config_path(cls) -> Optional[str]:
@@ -80,8 +82,6 @@ class ALBEFPretrain(BaseModel):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         cfg = self.config
-        # image_encoder.pretrained / text_encoder.pretrained (DeiT, bert-base-uncased) are
-        # accepted but not loaded here: a later task owns weight loading.
         self.visual_encoder = build_visual_encoder(cfg.image_encoder)
         self.text_encoder = build_text_encoder_mlm(cfg.text_encoder, cfg.image_encoder.width)
         width, hidden = cfg.image_encoder.width, cfg.text_encoder.hidden_size
@@ -100,6 +100,19 @@ class ALBEFPretrain(BaseModel):
         self._momentum_params: Optional[Tuple[List[torch.Tensor], List[torch.Tensor]]] = None
         if cfg.gradient_checkpointing:
             self.set_grad_checkpointing(True)
+        self._load_configured_weights()
+
+    def _load_configured_weights(self) -> None:
+        """DeiT / BERT initial weights (momentum copies re-synced), then ``checkpoint``."""
+        from albef_plugin.models.checkpoints import load_checkpoint
+        from albef_plugin.models.pretrained import load_initial_weights
+
+        cfg = self.config
+        load_initial_weights(self, cfg.image_encoder.pretrained, cfg.text_encoder.pretrained,
+                             allow_unsafe_pickle=cfg.allow_unsafe_pickle)
+        if cfg.checkpoint:
+            load_checkpoint(self, cfg.checkpoint, strict=True,
+                            allow_unsafe_pickle=cfg.allow_unsafe_pickle)
 
     # ------------------------------------------------------------------ public API
     def encode_image(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
