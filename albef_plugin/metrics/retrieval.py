@@ -24,7 +24,7 @@ from typing import Dict, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-__all__ = ["RECALL_KS", "itm_eval", "recall_at_k", "retrieval_ranks"]
+__all__ = ["RECALL_KS", "format_recall_table", "itm_eval", "recall_at_k", "retrieval_ranks"]
 
 logger = logging.getLogger(__name__)
 
@@ -158,3 +158,23 @@ def itm_eval(scores_i2t: ScoreMatrix, scores_t2i: ScoreMatrix,
     result["img_r_mean"] = sum(img.values()) / len(img)
     result["r_mean"] = (result["txt_r_mean"] + result["img_r_mean"]) / 2
     return result
+
+
+def format_recall_table(results: Dict[str, float]) -> str:
+    """A table of TR/IR R@1/5/10 per ranking found in ``results`` ('' when there is none).
+
+    Keys look like ``<prefix>/<ranking>_txt_r1`` (e.g. ``test/demo_pretrain/itc_txt_r1``);
+    one row per ``<prefix>/<ranking>``.
+    """
+    columns = [f"{side}_r{k}" for side in ("txt", "img") for k in RECALL_KS]
+    rows = sorted({key[: -len("_txt_r1")] for key in results if key.endswith("_txt_r1")})
+    if not rows:
+        return ""
+    width = max(len(row) for row in rows)
+    header = f"{'ranking':<{width}} | " + " | ".join(
+        f"{'TR' if c.startswith('txt') else 'IR'}@{c.rsplit('r', 1)[1]:<3}" for c in columns)
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        cells = [f"{results.get(f'{row}_{c}', float('nan')):6.2f}" for c in columns]
+        lines.append(f"{row:<{width}} | " + " | ".join(cells))
+    return "\n".join(lines)

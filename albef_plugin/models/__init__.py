@@ -10,6 +10,7 @@ from typing import Any, List, Mapping, Sequence, Type, Union
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from albef_plugin.config.loader import ConfigError, default_component_config
 from albef_plugin.models.base import BaseModel
 from albef_plugin.registry import closest_names, registry
 
@@ -54,19 +55,14 @@ def _merge(base: DictConfig, update: Any, model_name: str, source: str) -> DictC
 
 
 def default_model_config(cls: Type[BaseModel]) -> DictConfig:
-    """``cls.Config`` (typed, struct mode) merged with the YAML at ``cls.config_path()``."""
-    name = getattr(cls, "__name__", str(cls))
-    config = OmegaConf.structured(cls.Config)
-    path = cls.config_path()
-    if path:
-        try:
-            yaml_config = OmegaConf.load(path)
-        except (OSError, OmegaConfBaseException) as error:
-            raise ModelConfigError(f"model {name}: cannot read its defaults file {path}: {error}"
-                                   ) from error
-        config = _merge(config, yaml_config, name, f"defaults file {path}")
-    OmegaConf.set_struct(config, True)
-    return config
+    """``cls.Config`` (typed, struct mode) merged with the YAML at ``cls.config_path()``.
+
+    The same merge the run-config loader does for every registered component.
+    """
+    try:
+        return default_component_config(cls)
+    except (ConfigError, OSError, OmegaConfBaseException) as error:
+        raise ModelConfigError(f"model {getattr(cls, '__name__', cls)}: {error}") from error
 
 
 def model_config(name: str, overrides: Overrides = None) -> DictConfig:

@@ -27,8 +27,9 @@ def register_feature_queues(module: nn.Module, embed_dim: int, queue_size: int,
     """Register ``image_queue``/``text_queue`` ``[embed_dim, queue_size]`` (random unit columns),
     ``queue_ptr`` long ``[1]`` and, for retrieval, ``idx_queue`` long ``[1, queue_size]`` filled
     with -100 (no image), as buffers of ``module``."""
-    if queue_size <= 0:
-        raise ValueError(f"queue_size must be positive, got {queue_size}")
+    if queue_size < 0:
+        raise ValueError(f"queue_size must be >= 0 (0: no queue, in-batch negatives only), "
+                         f"got {queue_size}")
     module.register_buffer("image_queue", F.normalize(torch.randn(embed_dim, queue_size), dim=0))
     module.register_buffer("text_queue", F.normalize(torch.randn(embed_dim, queue_size), dim=0))
     module.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
@@ -58,9 +59,11 @@ def enqueue(queues: Sequence[torch.Tensor], queue_ptr: torch.Tensor,
     """
     if len(queues) != len(batches):
         raise ValueError(f"{len(queues)} queues but {len(batches)} batches to enqueue")
+    queue_size = queues[0].shape[1]
+    if queue_size == 0:  # no queue: ITC uses the in-batch negatives only
+        return
     gathered = [all_gather_concat(batch.detach()) for batch in batches]
     global_batch = gathered[0].shape[0]
-    queue_size = queues[0].shape[1]
     check_queue_size(queue_size, global_batch)
     columns = (queue_ptr + torch.arange(global_batch, device=queue_ptr.device)) % queue_size
     for queue, values in zip(queues, gathered):

@@ -23,7 +23,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from albef_plugin.distributed import get_world_size
+from albef_plugin.distributed import get_world_size, unwrap_model
+from albef_plugin.models.checkpoints import load_checkpoint
 from albef_plugin.trainers.checkpointer import (CHECKPOINT_FORMAT_VERSION, CheckpointError,
                                                 load_checkpoint_file, load_model_state,
                                                 resolve_resume_file)
@@ -79,16 +80,6 @@ def check_finite_weights(model: nn.Module, update: int) -> None:
                                  f"{', ...' if len(names) > 8 else ''}); no checkpoint written.")
 
 
-def _model_state_of(checkpoint: Any, path: str) -> Mapping[str, torch.Tensor]:
-    """The weights in a checkpoint: ours / official ALBEF (``{"model": ...}``) or a bare state dict."""
-    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("model"), Mapping):
-        return checkpoint["model"]
-    if isinstance(checkpoint, Mapping) and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        return checkpoint
-    raise CheckpointError(f"{path!r} holds no model weights: expected a dict with a 'model' "
-                          f"state dict, or a state dict itself.")
-
-
 def load_start_checkpoint(trainer: "Trainer") -> None:
     """Load the checkpoint the run starts from (if any), as ``checkpoint.*`` asks."""
     checkpoint_config = trainer.config.checkpoint
@@ -104,8 +95,11 @@ def load_start_checkpoint(trainer: "Trainer") -> None:
     logger.info("loading checkpoint %s (%s)", path, why)
     checkpoint = load_checkpoint_file(path, checkpoint_config.allow_unsafe_pickle)
     if checkpoint_config.resume_pretrained:
-        load_model_state(trainer.model, _model_state_of(checkpoint, path), strict=False, source=path)
-        logger.info("checkpoint.resume_pretrained=true: model weights loaded, training state not")
+        # Weights only, from any known format (official ALBEF, ours, a bare state dict), with
+        # the same key mapping and position-embedding resampling as model_config.*.checkpoint.
+        result = load_checkpoint(unwrap_model(trainer.model), checkpoint, strict=False)
+        logger.info("checkpoint.resume_pretrained=true: model weights loaded (%s format), "
+                    "training state not", result.format)
         return
     version = checkpoint.get("format_version") if isinstance(checkpoint, Mapping) else None
     if version is None:

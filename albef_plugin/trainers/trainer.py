@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from albef_plugin.distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
+from albef_plugin.metrics.retrieval import format_recall_table
 from albef_plugin.registry import registry
 from albef_plugin.train_state import TrainState
 from albef_plugin.trainers import resume
@@ -295,6 +296,9 @@ class Trainer:
                            "epoch": round(self.state.epoch_progress, 4), **results})
         logger.info("evaluation on %s at update %d: %s", split, self.state.update,
                     ", ".join(f"{k} {v:.4f}" for k, v in results.items()) or "(no metrics)")
+        table = format_recall_table(results)
+        if table:
+            logger.info("retrieval on %s (R@K in %%):\n%s", split, table)
         self._last_eval[split] = self.state.update
         return split == "val" and self.run_training and self.best.observe(results, self.state.update)
 

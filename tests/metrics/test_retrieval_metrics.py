@@ -143,3 +143,16 @@ def test_bad_inputs_raise_clear_errors():
     nan_scores[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         itm_eval(nan_scores, scores.t(), img2txt, txt2img)
+
+
+def test_format_recall_table_has_one_row_per_ranking():
+    from albef_plugin.metrics.retrieval import format_recall_table
+
+    results = {f"test/ds/{ranking}_{side}_r{k}": float(k) for ranking in ("itc", "itm")
+               for side in ("txt", "img") for k in (1, 5, 10)}
+    results["test/ds/itc_r_mean"] = 3.0
+    lines = format_recall_table(results).splitlines()
+    assert lines[0].split("|")[1].strip() == "TR@1"
+    assert [line.split("|")[0].strip() for line in lines[2:]] == ["test/ds/itc", "test/ds/itm"]
+    assert lines[2].split("|")[3].strip() == "10.00"  # TR@10
+    assert format_recall_table({"loss": 1.0}) == ""

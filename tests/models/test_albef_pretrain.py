@@ -256,3 +256,29 @@ def test_gradient_checkpointing_gives_the_same_losses_and_gradients(tiny_overrid
     assert grads_a.keys() == grads_b.keys()
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
+
+
+@pytest.mark.parametrize("batch_features, text_grad_from_i2t", [("momentum", False), ("online", True)])
+def test_itc_batch_features_decide_whether_i2t_trains_the_text_encoder(
+        tiny_overrides, batch, batch_features, text_grad_from_i2t):
+    """Official ITC compares online features with [momentum batch | queue] only; the "online"
+    option lets the image-to-text direction reach the text encoder too (CLIP-like)."""
+    tiny_overrides["itc_batch_features"] = batch_features
+    torch.manual_seed(0)
+    model = build_model("albef_pretrain", tiny_overrides).train()
+    image_feat = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1).requires_grad_()
+    text_feat = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1).requires_grad_()
+    feat_m = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)
+    sim_i2t, sim_t2i, sim_i2t_m, _ = model._similarities(image_feat, text_feat, feat_m, feat_m)
+    assert sim_i2t.shape == (4, 4 + 16)
+    sim_i2t.sum().backward()
+    assert (text_feat.grad is not None and text_feat.grad.abs().sum() > 0) == text_grad_from_i2t
+    # the queue columns and the momentum similarities are the same in both modes
+    assert torch.allclose(sim_i2t[:, 4:], image_feat.detach() @ model.text_queue / model.temp)
+    assert not sim_i2t_m.requires_grad
+
+
+def test_unknown_itc_batch_features_is_rejected(tiny_overrides):
+    tiny_overrides["itc_batch_features"] = "both"
+    with pytest.raises(ValueError, match="itc_batch_features='both'"):
+        build_model("albef_pretrain", tiny_overrides)

@@ -67,6 +67,13 @@ class ALBEFPretrain(BaseModel):
         alpha: float = 0.4               # distillation weight after the ramp
         alpha_ramp_epochs: float = 1.0   # linear ramp of alpha from 0 (0 = constant alpha)
         mlm_probability: float = 0.15
+        # Which features stand for the local batch in the ITC similarities. "momentum" is the
+        # official choice: [momentum batch | queue], so no gradient flows into the other
+        # modality's encoder. "online" uses the online features of the batch (the queue stays
+        # momentum), so each encoder also learns from the other's gradient, as in CLIP. From a
+        # random initialisation the official form has nothing to bootstrap from (the momentum
+        # targets are near-constant); see the demo config and README for the measurements.
+        itc_batch_features: str = "momentum"
         loss_weights: LossWeights = field(default_factory=LossWeights)
         gradient_checkpointing: bool = False
         # Weights to start from, loaded after image/text_encoder.pretrained: an official ALBEF
@@ -96,6 +103,10 @@ class ALBEFPretrain(BaseModel):
         self.text_proj_m = make_momentum_copy(self.text_proj)
         register_feature_queues(self, cfg.embed_dim, cfg.queue_size)
 
+        if cfg.itc_batch_features not in ("momentum", "online"):
+            raise ValueError(f"itc_batch_features={cfg.itc_batch_features!r}: expected 'momentum' "
+                             f"(official) or 'online'.")
+        self._itc_online_batch = cfg.itc_batch_features == "online"
         # (online, momentum) parameter lists, built on first use; not module state
         self._momentum_params: Optional[Tuple[List[torch.Tensor], List[torch.Tensor]]] = None
         if cfg.gradient_checkpointing:
@@ -270,13 +281,18 @@ class ALBEFPretrain(BaseModel):
         Computed in fp32 even under autocast: logits reach 1/temp and 65k-way softmaxes are
         sensitive to bf16 rounding; the matmuls are tiny next to the encoders.
         """
+        batch = image_feat.shape[0]
         with torch.autocast(device_type=image_feat.device.type, enabled=False):
             # torch.cat copies, so the in-place enqueue later cannot corrupt autograd's saved inputs
             image_feat_all = torch.cat([image_feat_m.t(), self.image_queue.float()], dim=1)
             text_feat_all = torch.cat([text_feat_m.t(), self.text_queue.float()], dim=1)
             temp = self.temp.float()
-            sim_i2t = image_feat @ text_feat_all / temp
-            sim_t2i = text_feat @ image_feat_all / temp
+            if self._itc_online_batch:
+                sim_i2t = image_feat @ torch.cat([text_feat.t(), text_feat_all[:, batch:]], 1) / temp
+                sim_t2i = text_feat @ torch.cat([image_feat.t(), image_feat_all[:, batch:]], 1) / temp
+            else:
+                sim_i2t = image_feat @ text_feat_all / temp
+                sim_t2i = text_feat @ image_feat_all / temp
             with torch.no_grad():
                 sim_i2t_m = image_feat_m @ text_feat_all / temp
                 sim_t2i_m = text_feat_m @ image_feat_all / temp
