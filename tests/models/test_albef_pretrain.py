@@ -282,3 +282,14 @@ def test_unknown_itc_batch_features_is_rejected(tiny_overrides):
     tiny_overrides["itc_batch_features"] = "both"
     with pytest.raises(ValueError, match="itc_batch_features='both'"):
         build_model("albef_pretrain", tiny_overrides)
+
+
+def test_queue_size_zero_trains_on_in_batch_negatives_only(tiny_overrides, batch):
+    tiny_overrides["queue_size"] = 0
+    torch.manual_seed(0)
+    model = build_model("albef_pretrain", tiny_overrides).train()
+    assert model.image_queue.shape == (16, 0)
+    output = model(batch)
+    sum(output["losses"].values()).backward()
+    assert all(torch.isfinite(v) for v in output["losses"].values())
+    assert int(model.queue_ptr) == 0  # nothing to enqueue into
