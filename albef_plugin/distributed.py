@@ -9,7 +9,7 @@ import contextlib
 import datetime
 import logging
 import os
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List
 
 import torch
 import torch.distributed as dist

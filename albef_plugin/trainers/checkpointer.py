@@ -17,14 +17,14 @@ import logging
 import os
 import re
 import shutil
-from collections import defaultdict
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
 # one error type and one safe torch.load for trainer checkpoints and model weights
 from albef_plugin.models.checkpoints import CheckpointError, safe_torch_load
+from albef_plugin.models.checkpoints.mapping import group_keys_by_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -173,23 +173,6 @@ def resolve_resume_file(checkpoint_config: Any, save_dir: str) -> Optional[Tuple
         logger.info("checkpoint.resume=true but %s has no current.ckpt or best.ckpt: starting "
                     "from scratch", save_dir)
     return None
-
-
-def group_keys_by_prefix(keys: Iterable[str], depth: int = 2) -> str:
-    """``"a.b.{c,d}"``-style summary of state-dict keys, readable with hundreds of keys."""
-    groups: Dict[str, List[str]] = defaultdict(list)
-    for key in keys:
-        parts = key.split(".")
-        prefix = ".".join(parts[:depth]) if len(parts) > depth else ""
-        groups[prefix].append(".".join(parts[depth:]) if prefix else key)
-    lines = []
-    for prefix, rests in sorted(groups.items()):
-        if prefix:
-            shown = ", ".join(sorted(rests)[:6]) + (", ..." if len(rests) > 6 else "")
-            lines.append(f"  {prefix}.{{{shown}}} ({len(rests)} keys)")
-        else:
-            lines.extend(f"  {rest}" for rest in sorted(rests))
-    return "\n".join(lines)
 
 
 def load_model_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, strict: bool,
