@@ -36,6 +36,6 @@ def test_short_demo_pretraining_lifts_zero_shot_recall_far_above_chance(tmp_path
     chance = 100.0 / NUM_TEST_IMAGES  # R@1 of a random ranking, in percent
     for key in ("itc_txt_r1", "itc_img_r1"):
         value = final[f"test/demo_pretrain/{key}"]
-        # measured: 8.0 (texts) and 8.7 (images) after 450 updates; 4x chance leaves a margin
+        # measured on 2 cores: 11.0 (texts) and 12.2 (images) after 500 updates; 4x chance leaves a margin
         assert value >= 4 * chance, f"{key} = {value:.1f}% after the short pretraining (chance {chance}%)"
     assert (save_dir / "current.ckpt").is_file() and (save_dir / "config.yaml").is_file()
