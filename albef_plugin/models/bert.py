@@ -164,19 +164,6 @@ class BertSelfAttention(nn.Module):
         return out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
 
 
-class BertSelfOutput(nn.Module):
-    """Projection, dropout, residual and post-LN after an attention."""
-
-    def __init__(self, hidden_size: int, layer_norm_eps: float, dropout: float) -> None:
-        super().__init__()
-        self.dense = nn.Linear(hidden_size, hidden_size)
-        self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, attended: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(attended)) + residual)
-
-
 class BertAttention(nn.Module):
     """``self`` (the attention proper, HF's name) + ``output`` (projection and post-LN)."""
 
@@ -184,8 +171,8 @@ class BertAttention(nn.Module):
         super().__init__()
         self.self = BertSelfAttention(config.hidden_size, config.num_attention_heads,
                                       config.attention_probs_dropout_prob, context_width)
-        self.output = BertSelfOutput(config.hidden_size, config.layer_norm_eps,
-                                     config.hidden_dropout_prob)
+        self.output = BertOutput(config.hidden_size, config.hidden_size, config.layer_norm_eps,
+                                 config.hidden_dropout_prob)
 
     def forward(self, hidden: torch.Tensor, context: torch.Tensor,
                 mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
@@ -202,10 +189,13 @@ class BertIntermediate(nn.Module):
 
 
 class BertOutput(nn.Module):
-    def __init__(self, intermediate_size: int, hidden_size: int, layer_norm_eps: float,
+    """Projection, dropout, residual and post-LN: after an attention (HF's ``BertSelfOutput``,
+    ``input_size`` = hidden) and after the feed-forward (``input_size`` = intermediate)."""
+
+    def __init__(self, input_size: int, hidden_size: int, layer_norm_eps: float,
                  dropout: float) -> None:
         super().__init__()
-        self.dense = nn.Linear(intermediate_size, hidden_size)
+        self.dense = nn.Linear(input_size, hidden_size)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
 
