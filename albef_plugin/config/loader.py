@@ -106,7 +106,7 @@ def default_component_config(cls: type) -> DictConfig:
     config_path = cls.config_path() if hasattr(cls, "config_path") else None
     if config_path:
         yaml_node = OmegaConf.load(config_path)
-        node = _merge_checked(node, yaml_node, source=str(config_path))
+        node = merge_checked(node, yaml_node, source=str(config_path))
     return node
 
 
@@ -132,7 +132,7 @@ def _close_key(full_key: str, root: Any) -> str:
     return f" Did you mean {'.'.join(filter(None, [prefix, matches[0]]))!r}?"
 
 
-def _merge_checked(base: DictConfig, other: Any, source: str, path_prefix: str = "") -> DictConfig:
+def merge_checked(base: DictConfig, other: Any, source: str, path_prefix: str = "") -> DictConfig:
     """``OmegaConf.merge`` that turns schema violations into a readable ConfigError."""
     try:
         return OmegaConf.merge(base, other)
@@ -180,7 +180,7 @@ def build_config(opts: Optional[Sequence[str]] = None, *, import_plugins: bool =
     user = load_yaml(Path(config_file)) if config_file else OmegaConf.create()
     user_source = f"config file {config_file}" if config_file else "config file"
 
-    base = _merge_checked(OmegaConf.structured(RootConfig), OmegaConf.load(DEFAULTS_YAML),
+    base = merge_checked(OmegaConf.structured(RootConfig), OmegaConf.load(DEFAULTS_YAML),
                           source=str(DEFAULTS_YAML))
 
     if import_plugins:
@@ -210,11 +210,11 @@ def build_config(opts: Optional[Sequence[str]] = None, *, import_plugins: bool =
         dataset_keys.append(key)
         component_defaults.dataset_config[key] = default_component_config(builder_cls)
 
-    cfg = _merge_checked(base, component_defaults, source="component defaults")
+    cfg = merge_checked(base, component_defaults, source="component defaults")
     _check_component_keys(user, model_key, dataset_keys, user_source)
     _check_component_keys(overrides, model_key, dataset_keys, "the command line")
-    cfg = _merge_checked(cfg, user, source=user_source)
-    cfg = _merge_checked(cfg, overrides, source="the command line")
+    cfg = merge_checked(cfg, user, source=user_source)
+    cfg = merge_checked(cfg, overrides, source="the command line")
     cfg.model = model_key
     cfg.datasets = ",".join(dataset_keys)
     cfg.config = str(Path(config_file).resolve()) if config_file else None

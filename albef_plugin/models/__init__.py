@@ -5,14 +5,14 @@ defaults; ``default_model_config(cls)`` is the same defaults merge, reused by th
 """
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Sequence, Type, Union
+from typing import Any, Mapping, Sequence, Type, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from albef_plugin.config.loader import ConfigError, default_component_config
+from albef_plugin.config.loader import ConfigError, default_component_config, merge_checked
 from albef_plugin.models.base import BaseModel
-from albef_plugin.registry import closest_names, registry
+from albef_plugin.registry import registry
 
 # Importing the model modules runs their @registry decorators.
 from albef_plugin.models import vit as _vit  # noqa: F401  (registers encoder "vit")
@@ -27,31 +27,6 @@ Overrides = Union[None, Mapping[str, Any], DictConfig, Sequence[str]]
 
 class ModelConfigError(ValueError):
     """A model config key or value is wrong; the message names the key and the fix."""
-
-
-def _valid_keys(config: DictConfig, full_key: str) -> List[str]:
-    """Keys available next to ``full_key`` (the parent node's keys) in ``config``."""
-    node: Any = config
-    for part in full_key.split(".")[:-1]:
-        if not isinstance(node, DictConfig) or part not in node:
-            break
-        node = node[part]
-    return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
-
-
-def _merge(base: DictConfig, update: Any, model_name: str, source: str) -> DictConfig:
-    try:
-        return OmegaConf.merge(base, update)  # type: ignore[return-value]
-    except OmegaConfBaseException as error:
-        full_key = str(getattr(error, "full_key", "") or getattr(error, "key", "") or "")
-        valid = _valid_keys(base, full_key) if full_key else []
-        close = closest_names(full_key.split(".")[-1], valid) if full_key else []
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        listing = f" Valid keys there: {', '.join(valid)}." if valid else ""
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ModelConfigError(
-            f"model {model_name!r}: bad key {full_key!r} in {source}: {first_line}.{hint}{listing}"
-        ) from error
 
 
 def default_model_config(cls: Type[BaseModel]) -> DictConfig:
@@ -78,7 +53,10 @@ def model_config(name: str, overrides: Overrides = None) -> DictConfig:
             update: Any = OmegaConf.from_dotlist(list(overrides))
         else:
             update = overrides
-        config = _merge(config, update, name, "overrides")
+        try:
+            config = merge_checked(config, update, source="overrides")
+        except ConfigError as error:
+            raise ModelConfigError(f"model {name!r}: {error}") from error
     OmegaConf.set_struct(config, True)
     return config
 
