@@ -1,4 +1,5 @@
-"""ALBEF models (importing registers them)."""
+"""The ALBEF model family (importing registers the task models)."""
+from albef_plugin.models.albef.base import ALBEFBase
 from albef_plugin.models.albef.pretrain import ALBEFPretrain
 
-__all__ = ["ALBEFPretrain"]
+__all__ = ["ALBEFBase", "ALBEFPretrain"]
