@@ -1,5 +1,6 @@
 """The ALBEF model family (importing registers the task models)."""
 from albef_plugin.models.albef.base import ALBEFBase
 from albef_plugin.models.albef.pretrain import ALBEFPretrain
+from albef_plugin.models.albef.retrieval import ALBEFRetrieval
 
-__all__ = ["ALBEFBase", "ALBEFPretrain"]
+__all__ = ["ALBEFBase", "ALBEFPretrain", "ALBEFRetrieval"]
