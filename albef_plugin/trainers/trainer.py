@@ -215,6 +215,7 @@ class Trainer:
                                state.update + 1)
                 continue
             state.epoch, state.iteration_in_epoch = position
+            state.first_micro_batch = i == with_data[0]  # the model's EMA step: once per update
             state.alpha = self.model.alpha_for(state) if hasattr(self.model, "alpha_for") else None
             with self._gradient_sync(i == with_data[-1]):
                 with get_autocast(self.precision, self.device):
