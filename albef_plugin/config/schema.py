@@ -81,6 +81,7 @@ class ResetConfig:
 @dataclass
 class CheckpointConfig:
     resume: bool = False               # continue from <save_dir>/current.ckpt if present
+    overwrite: bool = False            # a fresh run into a save_dir holding a run deletes it first
     resume_file: Optional[str] = None  # continue from this file (see MMF's precedence)
     resume_best: bool = False          # with resume: prefer best.ckpt over current.ckpt
     resume_pretrained: bool = False    # resume_file holds weights only: load the model, nothing else
