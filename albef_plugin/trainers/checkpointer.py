@@ -89,13 +89,15 @@ class Checkpointer:
         return os.path.join(self.models_dir, f"model_{update}.ckpt")
 
     def save(self, payload: Mapping[str, Any], update: int, *, current: bool = True,
-             snapshot: bool = True, best: bool = False) -> List[str]:
+             snapshot: bool = True, best: bool = False, verified_through: int = -1) -> List[str]:
         """Serialize ``payload`` once and place it under each requested name.
 
         Args:
             current: write ``current.ckpt``.
             snapshot: write ``models/model_<update>.ckpt`` (unless max_to_keep == 0) and prune.
             best: write ``best.ckpt``.
+            verified_through: pruning keeps the newest snapshot of an update <= this (the
+                last one known good, see ``divergence.py``) whatever ``max_to_keep`` says.
 
         Returns:
             The paths written.
@@ -115,7 +117,7 @@ class Checkpointer:
         for path in targets[1:]:
             _atomic_copy(targets[0], path)
         if snapshot:
-            self.prune()
+            self.prune(verified_through)
         logger.info("checkpoint of update %d written to %s", update, ", ".join(targets))
         return targets
 
@@ -130,12 +132,17 @@ class Checkpointer:
                 found.append((int(match.group(1)), os.path.join(self.models_dir, name)))
         return sorted(found)
 
-    def prune(self) -> None:
-        """Delete the oldest snapshots beyond ``max_to_keep`` (-1 keeps all)."""
+    def prune(self, verified_through: int = -1) -> None:
+        """Delete the oldest snapshots beyond ``max_to_keep`` (-1 keeps all), except the
+        newest one of an update <= ``verified_through``."""
         if self.max_to_keep < 0:
             return
         snapshots = self.snapshots()
+        verified = [path for update, path in snapshots if update <= verified_through]
+        protected = verified[-1] if verified else None
         for _, path in snapshots[: max(0, len(snapshots) - self.max_to_keep)]:
+            if path == protected:
+                continue
             os.remove(path)
             logger.info("removed old checkpoint %s (checkpoint.max_to_keep=%d)", path, self.max_to_keep)
 
