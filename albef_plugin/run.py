@@ -36,12 +36,13 @@ def setup_console_logging(level: str = "info", rank: int = 0) -> None:
 
 def save_resolved_config(cfg: DictConfig) -> Path:
     """Write the resolved config to ``<env.save_dir>/config.yaml`` (atomically)."""
+    from albef_plugin.trainers.checkpointer import atomic_write
+
     save_dir = Path(cfg.env.save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     path = save_dir / "config.yaml"
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)
+    text = OmegaConf.to_yaml(cfg, resolve=True).encode("utf-8")
+    atomic_write(str(path), lambda handle: handle.write(text), what="config.yaml")
     return path
 
 

@@ -13,16 +13,18 @@ checkpoint can never run code. Only rank 0 writes.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import shutil
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
 # one error type and one safe torch.load for trainer checkpoints and model weights
+from albef_plugin.errors import UserError
 from albef_plugin.models.checkpoints import CheckpointError, safe_torch_load
 from albef_plugin.models.checkpoints.mapping import group_keys_by_prefix
 
@@ -46,22 +48,83 @@ MODELS_DIR = "models"
 _MODEL_FILE = re.compile(r"^model_(\d+)\.ckpt$")
 
 
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` to ``<path>.tmp``, then rename over ``path``."""
+class DiskFullError(UserError, OSError):
+    """A write failed for lack of space (or quota); the previous file is intact."""
+
+
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_LOW_SPACE_BYTES = 16 * 2**20
+
+
+def _caused_by_full_disk(exc: BaseException, folder: str) -> bool:
+    """Whether ``exc`` (or what it wraps) means the disk or quota is full.
+
+    ``torch.save`` reports a failed write as a RuntimeError from its C++ writer, with the
+    Python OSError of our file object only in the exception chain; when no errno is found
+    at all, an almost full disk is taken as the cause.
+    """
+    seen = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DISK_FULL_ERRNOS:
+            return True
+        current = current.__cause__ or current.__context__
+    if isinstance(exc, (OSError, RuntimeError)):
+        try:
+            return shutil.disk_usage(folder).free < _LOW_SPACE_BYTES
+        except OSError:
+            return False
+    return False
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def atomic_write(path: str, write: Callable[[BinaryIO], None], *, what: str = "file") -> None:
+    """``write(handle)`` into ``<path>.tmp``, then rename over ``path``.
+
+    On any failure the temporary file is removed (a partial checkpoint must not keep a
+    disk full) and ``path`` keeps its previous content; a full disk raises
+    :class:`DiskFullError` naming ``path``.
+    """
     tmp = path + ".tmp"
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as handle:
+            write(handle)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):  # don't leave a partial file behind
-            os.remove(tmp)
+    except BaseException as exc:
+        _remove_quietly(tmp)
+        folder = os.path.dirname(os.path.abspath(path))
+        if isinstance(exc, Exception) and _caused_by_full_disk(exc, folder):
+            free = shutil.disk_usage(folder).free / 2**20 if os.path.isdir(folder) else 0.0
+            kept = f"the previous {what} is intact" if os.path.exists(path) else f"no {what} was written"
+            raise DiskFullError(errno.ENOSPC, f"no space left on device writing {path} "
+                                f"({free:.0f} MB free; {kept}). Free some space (e.g. a lower "
+                                f"checkpoint.max_to_keep) and start again (checkpoint.resume=true "
+                                f"continues a run).") from exc
         raise
 
 
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save`` to ``<path>.tmp``, then rename over ``path`` (see :func:`atomic_write`).
+
+    The file object is ours (not a path handed to torch's C++ writer) so that a failed write
+    keeps its errno.
+    """
+    atomic_write(path, lambda handle: torch.save(obj, handle), what="checkpoint")
+
+
 def _atomic_copy(src: str, dst: str) -> None:
-    tmp = dst + ".tmp"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    def copy(handle: BinaryIO) -> None:
+        with open(src, "rb") as source:
+            shutil.copyfileobj(source, handle, 2**22)
+
+    atomic_write(dst, copy, what="checkpoint")
 
 
 def load_checkpoint_file(path: str, allow_unsafe_pickle: bool = False) -> Dict[str, Any]:
