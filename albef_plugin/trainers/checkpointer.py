@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import zipfile
 from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -216,7 +217,8 @@ def resolve_resume_file(checkpoint_config: Any, save_dir: str) -> Optional[Tuple
     1. ``resume_file`` is set and (``resume`` is off or ``<save_dir>/current.ckpt`` is
        missing): that file (it must exist).
     2. ``resume`` is on: ``current.ckpt`` (``best.ckpt`` first with ``resume_best``),
-       falling back to the other one.
+       falling back to the newest readable ``models/model_<update>.ckpt``, then to the other
+       one (a lost ``current.ckpt`` does not restart the run from scratch).
     3. Otherwise nothing: a fresh start.
 
     Returns:
@@ -235,13 +237,31 @@ def resolve_resume_file(checkpoint_config: Any, save_dir: str) -> Optional[Tuple
         return resume_file, why
     if checkpoint_config.resume:
         order = [best, current] if checkpoint_config.resume_best else [current, best]
+        if not os.path.isfile(current) and not checkpoint_config.resume_best:
+            snapshot = newest_readable_snapshot(save_dir)
+            if snapshot is not None:  # newer progress than best.ckpt, if any
+                return snapshot, (f"checkpoint.resume=true and {current} is missing: the newest "
+                                  f"readable snapshot")
         for path in order:
             if os.path.isfile(path):
                 preferred = path == order[0]
                 why = "checkpoint.resume=true" + ("" if preferred else f" and {order[0]} is missing")
                 return path, why
-        logger.info("checkpoint.resume=true but %s has no current.ckpt or best.ckpt: starting "
-                    "from scratch", save_dir)
+        snapshot = newest_readable_snapshot(save_dir)
+        if snapshot is not None:
+            return snapshot, f"checkpoint.resume=true and {save_dir} has no current.ckpt or best.ckpt"
+        logger.info("checkpoint.resume=true but %s has no current.ckpt, best.ckpt or snapshot: "
+                    "starting from scratch", save_dir)
+    return None
+
+
+def newest_readable_snapshot(save_dir: str) -> Optional[str]:
+    """The newest ``models/model_<update>.ckpt`` whose zip structure is intact (a cheap
+    check: a truncated or garbage file is passed over with a warning)."""
+    for update, path in reversed(Checkpointer(save_dir).snapshots()):
+        if zipfile.is_zipfile(path):
+            return path
+        logger.warning("snapshot %s is unreadable (truncated or not a checkpoint): skipped", path)
     return None
 
 

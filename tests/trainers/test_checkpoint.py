@@ -81,6 +81,19 @@ def test_resume_precedence(tmp_path, files, resume, resume_file, resume_best, ex
     assert (found[0] if found else None) == (str(tmp_path / expected) if expected else None)
 
 
+def test_resume_without_current_takes_the_newest_readable_snapshot(tmp_path, caplog):
+    run_trainer(make_config(tmp_path, "training.max_updates=6", "training.checkpoint_interval=2"))
+    os.remove(tmp_path / "current.ckpt")
+    (tmp_path / "models" / "model_6.ckpt").write_bytes(b"truncated")  # unreadable: passed over
+    with caplog.at_level(logging.INFO):
+        trainer = build_trainer(make_config(tmp_path, "training.max_updates=8",
+                                            "checkpoint.resume=true"))
+    assert trainer.state.update == 4
+    assert "model_4.ckpt (checkpoint.resume=true and" in caplog.text
+    assert "newest readable snapshot" in caplog.text and "model_6.ckpt is unreadable" in caplog.text
+    trainer.close()
+
+
 def test_missing_resume_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint.resume_file=.*does not exist"):
         resolve_resume_file(_checkpoint_config(resume_file=str(tmp_path / "nope.ckpt")), str(tmp_path))
