@@ -5,7 +5,7 @@ The metric contract (``BaseMetric``, ``EvalContext``, ``evaluation.metrics`` ent
 """
 from albef_plugin.metrics.accuracy import AccuracyMetric
 from albef_plugin.metrics.base import (BaseMetric, EvalContext, MetricSpec, ShardSampler, as_context,
-                                       autocast_for, parse_metric_specs)
+                                       autocast_for, parse_metric_specs, to_device)
 from albef_plugin.metrics.retrieval import RECALL_KS, itm_eval, recall_at_k, retrieval_ranks
 from albef_plugin.metrics.retrieval_eval import EncodedRetrievalSet, RetrievalEvaluator, RetrievalScores
 
@@ -25,4 +25,5 @@ __all__ = [
     "parse_metric_specs",
     "recall_at_k",
     "retrieval_ranks",
+    "to_device",
 ]

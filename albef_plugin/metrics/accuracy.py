@@ -22,22 +22,12 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from albef_plugin.distributed import all_reduce_sum, get_rank, get_world_size
-from albef_plugin.metrics.base import BaseMetric, EvalContext, as_context, autocast_for
+from albef_plugin.metrics.base import BaseMetric, EvalContext, as_context, autocast_for, to_device
 from albef_plugin.registry import registry
 
 __all__ = ["AccuracyMetric"]
 
 logger = logging.getLogger(__name__)
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=device.type == "cuda")
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
 
 
 def _gather_lists(rows: List[Any]) -> List[Any]:
@@ -70,7 +60,7 @@ class AccuracyMetric(BaseMetric):
         try:
             with torch.inference_mode(), autocast_for(device, context.precision):
                 for batch in context.loader(dataset, shard=True):
-                    batch = _to_device(batch, device)
+                    batch = to_device(batch, device)
                     labels = batch.get("label") if isinstance(batch, dict) else None
                     if labels is None:
                         raise KeyError(f"accuracy on {context.split}/{context.dataset_name}: the batch "

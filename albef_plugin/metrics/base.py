@@ -44,7 +44,7 @@ from albef_plugin.config.schema import EvaluationConfig
 from albef_plugin.distributed import get_rank, get_world_size, is_main_process
 
 __all__ = ["BaseMetric", "EvalContext", "MetricSpec", "ShardSampler", "as_context", "autocast_for",
-           "parse_metric_specs"]
+           "parse_metric_specs", "to_device"]
 
 _EVAL_DEFAULTS = EvaluationConfig()  # loader sizes: one source, the evaluation schema
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -139,6 +139,17 @@ def autocast_for(device: torch.device, precision: str) -> ContextManager[Any]:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors of a (nested) batch moved to ``device``; other values untouched."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=device.type == "cuda")
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
 
 
 def as_context(context: Union[EvalContext, str, torch.device, None]) -> EvalContext:
