@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 @dataclass
 class EarlyStopConfig:
     enabled: bool = False
-    criteria: str = "val/r_mean"      # any key logged at evaluation
+    criteria: str = "val/r_mean"      # a logged val key, or <split>/<name> (the first dataset's)
     minimize: bool = False
     patience: int = 1000              # in updates without improvement
 

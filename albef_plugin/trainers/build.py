@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from albef_plugin.config.loader import ConfigError
 from albef_plugin.datasets.base import DEFAULT_SPLIT_ROLES, check_split_roles
 from albef_plugin.distributed import get_world_size, main_process_first
 from albef_plugin.registry import registry
@@ -76,22 +77,34 @@ def declared_splits(builder: Any, name: str) -> Dict[str, str]:
     return check_split_roles(name, splits)
 
 
-def build_datasets(config: Any, roles: Sequence[str]) -> DatasetsBySplit:
+def build_datasets(config: Any, roles: Sequence[str], required: Sequence[str] = ()) -> DatasetsBySplit:
     """Build every split whose role is in ``roles``, for every builder in ``config.datasets``.
 
     ``prepare()`` (download, write the synthetic world) runs on rank 0 before the other
     ranks read the files. A split name used by two datasets must have the same role in both.
+
+    Raises:
+        ConfigError: a role of ``required`` (what ``run_type`` evaluates) is declared by no
+            dataset; raised before anything is prepared or built.
     """
     built = DatasetsBySplit()
-    train_parts: List[Dataset] = []
+    builders = {}
     for name in _dataset_names(config):
         builder_cls = registry.get_builder_class(name)
         if name not in config.dataset_config:
             raise KeyError(f"dataset_config.{name} is missing: the config of dataset {name!r} "
                            f"(defaults come from {builder_cls.__name__}.Config).")
-        builder = builder_cls(config.dataset_config[name])
-        splits = declared_splits(builder, name)
-        built.declared[name] = splits
+        builders[name] = builder_cls(config.dataset_config[name])
+        built.declared[name] = declared_splits(builders[name], name)
+    for role in required:
+        if not any(role in splits.values() for splits in built.declared.values()):
+            raise ConfigError(f"run_type={config.run_type} evaluates the {role} splits, but no dataset "
+                              f"declares a {role} split ({describe_splits(built)}); choose another "
+                              f"run_type.")
+
+    train_parts: List[Dataset] = []
+    for name, builder in builders.items():
+        splits = built.declared[name]
         wanted = [split for split, role in splits.items() if role in roles]
         if wanted:
             with main_process_first():

@@ -20,14 +20,12 @@ import torch
 from tqdm import tqdm
 
 from albef_plugin.distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
+from albef_plugin.metrics.base import EvalContext
 from albef_plugin.metrics.retrieval import format_recall_table
 from albef_plugin.registry import registry
 from albef_plugin.train_state import TrainState
 from albef_plugin.trainers import resume
-from albef_plugin.config.loader import ConfigError
-from albef_plugin.metrics.base import EvalContext
-from albef_plugin.trainers.build import (build_datasets, build_model, describe_splits, parse_run_type,
-                                         wrap_model)
+from albef_plugin.trainers.build import build_datasets, build_model, parse_run_type, wrap_model
 from albef_plugin.trainers.checkpointer import Checkpointer
 from albef_plugin.trainers.data import EpochBatchIterator, batch_size_of, build_train_loader
 from albef_plugin.trainers.evaluation import BestMetricTracker, build_metrics, evaluate_split
@@ -113,12 +111,7 @@ class Trainer:
         roles = (["train"] if self.run_training else []) + self.eval_roles
         if periodic_eval and "val" not in roles:
             roles.append("val")
-        self.datasets = build_datasets(cfg, roles)
-        for role in self.eval_roles if self.metrics else []:
-            if not self.datasets.splits_with_role(role):
-                raise ConfigError(f"run_type={cfg.run_type} evaluates the {role} splits, but no dataset "
-                                  f"declares a {role} split ({describe_splits(self.datasets)}); "
-                                  f"choose another run_type.")
+        self.datasets = build_datasets(cfg, roles, required=self.eval_roles if self.metrics else ())
         self.eval_context = EvalContext(device=self.device, precision=self.precision,
                                         output_dir=self.save_dir,
                                         batch_size=int(cfg.evaluation.batch_size),

@@ -137,9 +137,11 @@ def test_criteria_error_at_the_first_evaluation(tmp_path):
 
 def test_run_type_asking_for_an_undeclared_role_is_an_error(tmp_path):
     config = config_with("toy_train_test_only", tmp_path, "run_type=train_val")
+    config.dataset_config.toy_train_test_only.marker_dir = str(tmp_path / "marker")
     with pytest.raises(ConfigError, match=r"run_type=train_val evaluates the val splits.*"
                                           r"toy_train_test_only: train \(train\), test \(test\)"):
         run_trainer(config)
+    assert not (tmp_path / "marker").exists()  # refused before preparing or building anything
 
 
 def test_periodic_evaluation_without_val_split_trains_and_tests(tmp_path):
