@@ -6,9 +6,10 @@ task's annotations, and pretrains a small ALBEF on it once; every downstream lea
 
     @pytest.mark.slow
     def test_ve_learns(demo_pretrain, tmp_path):
-        run([f"config={VE_DEMO}", f"env.save_dir={tmp_path}", f"env.data_dir={demo_pretrain.data_dir}",
-             *demo_pretrain.model_dotlist("albef_ve"), *demo_pretrain.synthetic_dotlist("demo_ve"),
-             f"model_config.albef_ve.pretrained={demo_pretrain.checkpoint}"])   # the task's own key
+        run([f"config={VE_DEMO}", f"env.save_dir={tmp_path}",
+             *demo_pretrain.model_dotlist("albef_ve"),        # the pretrained model's sizes
+             *demo_pretrain.synthetic_dotlist("demo_ve"),     # env.data_dir and this world
+             ...])                                            # + the task's key loading demo_pretrain.checkpoint
 """
 import json
 import os
