@@ -122,3 +122,21 @@ def test_paper_config_runs_from_an_official_layout_checkpoint(tmp_path, name, st
     else:  # evaluation only
         assert not trains
     del trainer
+
+
+def test_demo_config_loads_the_demo_pretraining_checkpoint(tmp_path):
+    """demo/retrieval.yaml has the demo pretraining's sizes: its checkpoint loads strictly."""
+    from albef_plugin.models import build_model, load_checkpoint
+
+    demo = CONFIGS.parent / "demo"
+    pretrain_cfg = build_config([f"config={demo}/pretrain.yaml"]).model_config.albef_pretrain
+    retrieval_cfg = build_config([f"config={demo}/retrieval.yaml"]).model_config.albef_retrieval
+    assert retrieval_cfg.checkpoint.endswith("demo_pretrain/current.ckpt")
+    torch.manual_seed(0)
+    pretrain = build_model("albef_pretrain", pretrain_cfg)
+    torch.save({"format_version": 1, "model": pretrain.state_dict()}, tmp_path / "current.ckpt")
+    retrieval = build_model("albef_retrieval", {**retrieval_cfg, "checkpoint": str(tmp_path / "current.ckpt")})
+    torch.testing.assert_close(retrieval.text_encoder.encoder.layer[2].crossattention.self.key.weight,
+                               pretrain.text_encoder.bert.encoder.layer[2].crossattention.self.key.weight)
+    result = load_checkpoint(retrieval, tmp_path / "current.ckpt", strict=True)
+    assert result.missing == [] and result.unexpected == []
