@@ -7,7 +7,7 @@ Three pieces make the data stream a pure function of ``(seed, epoch, position)``
   epoch, so a resumed run never loads the samples it already consumed.
 * It yields ``(epoch, index)`` keys instead of bare indices; :class:`SeededSamples`
   turns each key back into ``dataset[index]`` after seeding ``random``, ``numpy`` and
-  ``torch`` from a hash of ``(seed, epoch, index)``. Random augmentations therefore do
+  torch's CPU generator (never the CUDA ones) from a hash of ``(seed, epoch, index)``. Random augmentations therefore do
   not depend on which worker loads the sample, nor on what ran before. In the main process
   (``num_workers=0``) the global generators are saved and restored around the call, so
   the data never shifts the model's random stream (dropout, MLM masking, hard negatives).
@@ -132,7 +132,9 @@ class SeededSamples(Dataset):
     def _load_seeded(self, index: int, seed: int) -> Any:
         random.seed(seed)
         np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+        # the CPU generator only: torch.manual_seed would also reseed every CUDA generator,
+        # which fork_rng(devices=[]) does not restore (the model's dropout / masking stream)
+        torch.default_generator.manual_seed(seed)
         return self.dataset[index]
 
 
