@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
 from albef_plugin.distributed import get_world_size, main_process_first
 from albef_plugin.registry import registry
 from albef_plugin.trainers.data import concat_or_single
+from albef_plugin.trainers.stream_data import mix_training_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ def build_datasets(config: Any, splits: Sequence[str]) -> DatasetsBySplit:
     """
     built = DatasetsBySplit()
     train_parts: List[Dataset] = []
+    train_names: List[str] = []
     for name in _dataset_names(config):
         builder_cls = registry.get_builder_class(name)
         if name not in config.dataset_config:
@@ -79,12 +82,17 @@ def build_datasets(config: Any, splits: Sequence[str]) -> DatasetsBySplit:
             logger.info("dataset %s/%s: %d samples", name, split, len(dataset))
             if split == "train":
                 train_parts.append(dataset)
+                train_names.append(name)
                 if built.train_collate is None:
                     built.train_collate = builder.collate_fn("train")
             else:
                 built.eval.setdefault(split, {})[name] = dataset
     if train_parts:
-        built.train = concat_or_single(train_parts)
+        # a shard stream among them: one stream mixed by dataset_config.<name>.weight
+        weights = [float(OmegaConf.select(config.dataset_config[n], "weight", default=1.0))
+                   for n in train_names]
+        built.train = mix_training_datasets(train_parts, train_names, weights) \
+            or concat_or_single(train_parts)
     return built
 
 
