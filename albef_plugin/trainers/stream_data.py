@@ -178,8 +178,11 @@ def build_stream_batches(stream: SampleStream, collate_fn: Optional[Callable], *
     does not apply.
     """
     stream.configure(rank, world_size, num_workers, seed)
+    # the loader's own generator draws the workers' base seed: creating the iterator (at the
+    # first batch, also after a resume) must not consume the model's random stream
     loader = DataLoader(stream, batch_size=batch_size, collate_fn=StreamCollate(collate_fn),
-                        num_workers=num_workers, pin_memory=pin_memory, drop_last=True)
+                        num_workers=num_workers, pin_memory=pin_memory, drop_last=True,
+                        generator=torch.Generator().manual_seed(seed))
     return StreamBatchIterator(loader, stream, world_size, on_epoch_end=on_epoch_end)
 
 
