@@ -4,15 +4,21 @@ A probe model records the image ids of every training batch; its loss uses dropo
 ``torch.randn`` so that equal losses also mean equal random streams.
 """
 import json
+import os
+import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
 import torch
+import torch._dynamo  # noqa: F401  (imported before forking the DDP ranks: faster start)
+import torch.multiprocessing as mp
 from torch import nn
 
 from albef_plugin.config import build_config
 from albef_plugin.datasets.synthetic.shards import write_world_shards
+from albef_plugin.distributed import destroy_distributed, init_distributed
 from albef_plugin.registry import registry
 
 K = 4  # checkpoint after K updates (mid-epoch), then K more
@@ -96,3 +102,37 @@ def test_resumed_run_continues_the_stream_exactly(tmp_path, tiny_world, shard_di
         assert sorted(first_pass) == list(range(12))
         # the non-tar shard was met in the first pass (14 samples per epoch, 1 epoch of 7 batches)
         assert records(tmp_path / "full", "epoch")[0]["num_skipped"] >= 1
+
+
+def _ddp_worker(rank: int, tmp: str, world: str, shards: str, port: int) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    assert init_distributed(backend="gloo", timeout_minutes=1)
+    try:
+        tmp_path = Path(tmp)
+        # 14 samples per epoch / (2 ranks x batch 2) = 3 batches per rank and epoch; 8 updates
+        # run through 2 epochs and more with 4 shards (one not a tar) dealt to 2 ranks
+        full = run(tmp_path / "full", Path(world), Path(shards), "albef_pretrain_shards")
+        resumed = run(tmp_path / "resumed", Path(world), Path(shards), "albef_pretrain_shards",
+                      f"checkpoint.resume_file={tmp_path / 'full' / 'models' / f'model_{K}.ckpt'}")
+        torch.save({"full": full.model.seen, "resumed": resumed.model.seen}, tmp_path / f"rank{rank}.pt")
+    finally:
+        destroy_distributed()
+
+
+def test_two_ranks_train_on_shards_and_resume_exactly(tmp_path, tiny_world, shard_dir):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(_ddp_worker, args=(str(tmp_path), str(tiny_world), str(shard_dir), port),
+                       nprocs=2, join=True, start_method="fork")
+    seen = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for rank in range(2):
+        assert len(seen[rank]["full"]) == 2 * K                              # no rank ran dry
+        assert seen[rank]["resumed"] == seen[rank]["full"][K:]
+    # the ranks start on different shards of the first pass: their first batches never overlap
+    assert not set(seen[0]["full"][0]) & set(seen[1]["full"][0])
+    data = torch.load(tmp_path / "full" / "models" / f"model_{K}.ckpt", weights_only=True)["data"]
+    assert len(data["stream"]) == 2 and data["stream"][0] != data["stream"][1]
+    assert [r["epoch"] for r in records(tmp_path / "full", "epoch")] == [0, 1]
