@@ -89,8 +89,7 @@ def build_datasets(config: Any, splits: Sequence[str]) -> DatasetsBySplit:
                 built.eval.setdefault(split, {})[name] = dataset
     if train_parts:
         # a shard stream among them: one stream mixed by dataset_config.<name>.weight
-        weights = [float(OmegaConf.select(config.dataset_config[n], "weight", default=1.0))
-                   for n in train_names]
+        weights = [OmegaConf.select(config.dataset_config[n], "weight", default=None) for n in train_names]
         built.train = mix_training_datasets(train_parts, train_names, weights) \
             or concat_or_single(train_parts)
     return built

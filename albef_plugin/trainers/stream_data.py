@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
+from albef_plugin.config.loader import ConfigError
 from albef_plugin.datasets.streams import MapStyleSource, SampleStream, StreamSource
 from albef_plugin.distributed import get_rank, get_world_size, is_distributed
 
@@ -200,24 +201,32 @@ def gather_stream_state(batches: Any) -> Optional[List[Dict[str, Any]]]:
 
 
 def mix_training_datasets(parts: Sequence[Dataset], names: Sequence[str],
-                          weights: Sequence[float]) -> Optional[SampleStream]:
+                          weights: Sequence[Optional[float]]) -> Optional[SampleStream]:
     """The training datasets as one stream mixed by ``weights``, when any of them is a stream.
 
     A map-style dataset joins as an endless shuffled stream of its samples; an epoch is then
     the sum of the parts' epochs (each stream's ``samples_per_epoch``, each dataset's length).
-    Returns None when no part is a stream: map-style datasets alone are concatenated.
+    Weights all None (the default) mean "by size": each part's epoch share, so every sample
+    of the union is equally likely, as in a shuffled concatenation. Returns None when no
+    part is a stream: map-style datasets alone are concatenated.
     """
+    given = {name: w for name, w in zip(names, weights) if w is not None}
     if not any(isinstance(part, SampleStream) for part in parts):
-        if any(float(w) != 1.0 for w in weights):
+        if given:
             logger.warning("dataset weights %s are ignored: weights mix a shard stream with other "
-                           "datasets; map-style datasets alone are concatenated",
-                           dict(zip(names, weights)))
+                           "datasets; map-style datasets alone are concatenated", given)
         return None
+    if given and len(given) != len(parts):
+        missing = [f"dataset_config.{n}.weight" for n, w in zip(names, weights) if w is None]
+        raise ConfigError(f"set the sampling weight of every training dataset or of none: "
+                          f"{', '.join(missing)} is null while {given} is set.")
     sources: List[StreamSource] = []
     source_weights: List[float] = []
     for part, name, weight in zip(parts, names, weights):
+        if weight is None:
+            weight = len(part)  # type: ignore[arg-type]
         if float(weight) <= 0:
-            raise ValueError(f"dataset_config.{name}.weight={weight}: must be > 0")
+            raise ConfigError(f"dataset_config.{name}.weight={weight}: must be > 0.")
         if isinstance(part, SampleStream):
             total = sum(part.weights)
             sources.extend(part.sources)

@@ -177,4 +177,37 @@ def test_mixing_with_a_json_dataset_follows_the_weights(shards, tiny_world):
     mixed.configure(0, 1, 0, seed=1)
     sources = [item["image_id"] % 2 for item, _ in zip(mixed, range(300))]  # id * 2 + source index
     assert sum(s == 0 for s in sources) / len(sources) == pytest.approx(0.75, abs=0.06)
-    assert mix_training_datasets([json_set], ["json"], [1.0]) is None   # map-style alone: concatenated
+    assert mix_training_datasets([json_set], ["json"], [None]) is None  # map-style alone: concatenated
+    # no weights: by size (12 shard samples per epoch, 6 JSON entries): 2 to 1
+    half = PretrainDataset([tiny_world / "pretrain.json"], str(tiny_world), transform)
+    half.image_paths = half.image_paths[:6]
+    by_size = mix_training_datasets([make_stream(shards, transform), half], ["shards", "json"], [None, None])
+    assert by_size.weights == [12.0, 6.0] and by_size.samples_per_epoch == 18
+    with pytest.raises(ConfigError, match="dataset_config.json.weight is null"):
+        mix_training_datasets([make_stream(shards, transform), json_set], ["shards", "json"], [2.0, None])
+
+
+def test_synthetic_command_line_writes_shards(tmp_path):
+    from albef_plugin.datasets.synthetic.__main__ import main
+
+    assert main(["--out", str(tmp_path / "w"), "--num-train", "7", "--num-val", "1", "--num-test", "1",
+                 "--shards", "3"]) == 0
+    assert sorted(p.name for p in (tmp_path / "w" / "shards-3").glob("*.tar")) == \
+        ["00000.tar", "00001.tar", "00002.tar"]
+    assert count_samples_from_stats(sorted(str(p) for p in (tmp_path / "w" / "shards-3").glob("*.tar"))) == 7
+
+
+def test_paper_14m_shards_config_keeps_the_official_data_pipeline(monkeypatch):
+    from albef_plugin.config import build_config
+
+    monkeypatch.setenv("ALBEF_DATA_DIR", "/datasets/albef")
+    cfg = build_config(["config=projects/albef/configs/pretrain/albef_14m_shards.yaml"])
+    assert cfg.datasets == "albef_pretrain_shards,albef_pretrain_json"
+    shards, json_part = cfg.dataset_config.albef_pretrain_shards, cfg.dataset_config.albef_pretrain_json
+    assert list(json_part.annotations.train) == ["json_pretrain/coco.json", "json_pretrain/vg.json"]
+    assert shards.data_dir == "/datasets/albef" and len(shards.shards) == 3
+    assert shards.weight is None and json_part.weight is None                   # mixed by size
+    for part in (shards, json_part):
+        assert part.image_size == cfg.model_config.albef_pretrain.image_encoder.image_size == 256
+        assert (part.processors.text.params.max_length, part.processors.text.params.add_sep) == (25, False)
+        assert list(part.processors.train_image.params.scale) == [0.2, 1.0]

@@ -63,7 +63,7 @@ def run(save_dir, tiny_world, shard_dir, datasets, *overrides):
         "dataset_config": {
             "albef_pretrain_shards": {"data_dir": str(shard_dir), "shards": ["{00000..00003}.tar"],
                                       "samples_per_epoch": 14, "image_size": 16, "weight": 2.0},
-            "albef_pretrain_json": {"data_dir": str(tiny_world), "image_size": 16,
+            "albef_pretrain_json": {"data_dir": str(tiny_world), "image_size": 16, "weight": 1.0,
                                     "annotations": {"train": ["pretrain.json"]}},
         },
         "training": {"max_updates": 2 * K, "batch_size": 2, "num_workers": 0, "log_interval": 1,
