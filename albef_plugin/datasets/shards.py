@@ -27,7 +27,7 @@ import braceexpand
 from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
-__all__ = ["ShardError", "expand_shard_patterns", "is_url", "read_shard", "decode_pair",
+__all__ = ["ShardError", "expand_shard_patterns", "is_url", "read_shard", "decode_pair", "image_id_of",
            "IMAGE_EXTENSIONS", "count_samples_from_stats"]
 
 logger = logging.getLogger(__name__)
@@ -128,18 +128,26 @@ def read_shard(url: str, skip: int = 0) -> Iterator[Tuple[int, Optional[Dict[str
             yield position, raw, None
 
 
-def _image_id(key: str, url: str) -> int:
-    """A stable id per sample: the numeric img2dataset key, else a hash of url and key."""
+def image_id_of(key: str, url: str, folder_index: int = 0, num_folders: int = 1) -> int:
+    """A stable id per sample (same id = same image: ITM does not use it as a negative).
+
+    img2dataset's keys are numbers unique within one output folder, but every folder starts
+    again at 0: the id of a numeric key is ``key * num_folders + folder_index``. Other keys
+    get a hash of shard and key.
+    """
     if key.isdigit():
-        return int(key) % (1 << 56)  # headroom: a mix multiplies ids by its number of sources
+        return (int(key) * num_folders + folder_index) % (1 << 56)  # headroom for a mix's factor
     return (zlib.crc32(url.encode()) << 24) ^ zlib.crc32(key.encode())
 
 
-def decode_pair(raw: Dict[str, Any], transform: Any, choose: Callable[[int], int]) -> Dict[str, Any]:
+def decode_pair(raw: Dict[str, Any], transform: Any, choose: Callable[[int], int],
+                folder_index: int = 0, num_folders: int = 1) -> Dict[str, Any]:
     """A raw shard sample -> ``{"image": tensor, "text": str, "image_id": int}``.
 
     Args:
         choose: ``choose(n)`` draws an index below ``n`` (the caption, when there are several).
+        folder_index / num_folders: the shard's folder among those of the shard list (see
+            :func:`image_id_of`).
 
     Raises:
         ValueError / OSError: no image or caption, or they do not decode.
@@ -160,4 +168,5 @@ def decode_pair(raw: Dict[str, Any], transform: Any, choose: Callable[[int], int
     with Image.open(io.BytesIO(image_bytes)) as img:
         image = img.convert("RGB")  # decodes fully inside the with
     return {"image": transform(image), "text": caption,
-            "image_id": _image_id(str(raw.get("__key__", "")), str(raw.get("__url__", "")))}
+            "image_id": image_id_of(str(raw.get("__key__", "")), str(raw.get("__url__", "")),
+                                    folder_index, num_folders)}

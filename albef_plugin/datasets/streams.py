@@ -23,6 +23,7 @@ depend on which worker reads what, nor on what ran before.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -129,6 +130,8 @@ class ShardSource(StreamSource):
         if samples_per_epoch <= 0:
             raise ValueError(f"{name}: samples_per_epoch={samples_per_epoch} must be > 0")
         self.shards = list(shards)
+        folders = {os.path.dirname(s): None for s in self.shards}  # in order of appearance
+        self._folder_of = {folder: i for i, folder in enumerate(folders)}
         self.transform = transform
         self.epoch_samples = int(samples_per_epoch)
         self.seed = 0  # set by SampleStream.configure()
@@ -174,8 +177,8 @@ class ShardSource(StreamSource):
     def _decode(self, raw: Dict[str, Any], url: str, g: int, position: int) -> Optional[Dict[str, Any]]:
         seed = seeded_words(self.seed, 2, g, position)
         try:
-            return _call_seeded(seed, decode_pair, raw, self.transform,
-                                lambda n: int(torch.randint(n, ())))
+            return _call_seeded(seed, decode_pair, raw, self.transform, lambda n: int(torch.randint(n, ())),
+                                self._folder_of[os.path.dirname(url)], len(self._folder_of))
         except Exception as exc:  # PIL / JSON / UTF-8 errors of one sample
             self._bad(f"sample {raw.get('__key__')!r} of shard {url} ({type(exc).__name__}: {exc})")
             return None

@@ -132,8 +132,8 @@ def test_non_tar_shard_and_corrupt_sample_are_skipped_and_counted(shards, tmp_pa
     stream.configure(0, 1, 0, seed=0)
     with caplog.at_level(logging.WARNING):
         items = [item for item, _ in zip(stream, range(4))]
-    # 000000, 000002 of the broken shard, 000010, 000011 of the last shard
-    assert [item["image_id"] for item in items] == [0, 2, 10, 11]
+    # 000000, 000002 of the broken shard (folder 0 of 2), 000010, 000011 of the last (folder 1)
+    assert [item["image_id"] for item in items] == [0 * 2, 2 * 2, 10 * 2 + 1, 11 * 2 + 1]
     assert [item["num_skipped"] for item in items] == [1, 1, 0, 0]
     assert "not_a_tar.tar" in caplog.text and "'000001'" in caplog.text
 
@@ -211,3 +211,11 @@ def test_paper_14m_shards_config_keeps_the_official_data_pipeline(monkeypatch):
         assert part.image_size == cfg.model_config.albef_pretrain.image_encoder.image_size == 256
         assert (part.processors.text.params.max_length, part.processors.text.params.add_sep) == (25, False)
         assert list(part.processors.train_image.params.scale) == [0.2, 1.0]
+
+
+def test_numeric_keys_of_different_img2dataset_folders_get_different_ids():
+    from albef_plugin.datasets.shards import image_id_of
+
+    ids = {image_id_of("000000123", f"{folder}/00000.tar", i, 3) for i, folder in enumerate("abc")}
+    assert len(ids) == 3 and image_id_of("000000123", "a/00000.tar") == 123
+    assert image_id_of("x_1", "a/0.tar") != image_id_of("x_1", "b/0.tar")
