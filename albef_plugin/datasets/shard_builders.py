@@ -10,6 +10,7 @@
           shards: ["cc3m/{00000..00331}.tar", "sbu/*.tar"]  # braces, globs, paths, URLs
           samples_per_epoch: 0       # 0 = sum of img2dataset's <shard>_stats.json "successes"
           shuffle_shards: true       # a new shard order every pass
+          open_shards: 4             # shards each DataLoader worker reads at once (a batch mixes them)
           weight: 1.0                # sampling weight when mixed with other training datasets
           on_unreadable: substitute  # bad shard / sample: substitute | drop (both skip and count) | error
 
@@ -42,6 +43,7 @@ class ShardsDatasetConfig(JsonDatasetConfig):
     shards: List[str] = field(default_factory=list)  # tar shards: brace patterns, globs, paths, URLs
     samples_per_epoch: int = 0   # one epoch of the stream; 0 = from img2dataset's _stats.json files
     shuffle_shards: bool = True  # a new shard order at every pass over the shards
+    open_shards: int = 4         # shards each DataLoader worker reads at once (a batch mixes them)
 
 
 @registry.register_builder("albef_pretrain_shards", aliases=("webdataset_pretrain",))
@@ -69,7 +71,8 @@ class ShardsPretrainBuilder(PretrainJsonBuilder):
                               f"the number of samples in the shards (one epoch of the stream).")
         source = ShardSource(shards, self.image_processor("train"), samples,
                              on_unreadable=self.config.on_unreadable,
-                             shuffle_shards=bool(self.config.shuffle_shards), name=self.name)
+                             shuffle_shards=bool(self.config.shuffle_shards),
+                             open_shards=int(self.config.open_shards), name=self.name)
         return SampleStream([source])
 
 

@@ -10,15 +10,17 @@ per epoch, where an *epoch* of a stream is a configured number of samples
 (``samples_per_epoch``). Fewer shards than slots works, but then one shard is read by
 several slots within a pass.
 
-Position. A slot's state (``{"start", "k", "offset"}`` for shards: the ``k``-th shard of
-the slot, ``offset`` samples into it; ``{"start", "k"}`` for a map-style dataset; the draw
-count and one state per source for a mix) is attached to every item, so the trainer knows
-exactly what it consumed, and a resumed stream continues at the next sample: no shard,
-and no sample, is repeated or skipped (see :mod:`albef_plugin.trainers.stream_data`).
+Position. A slot's state (for shards: the slot's shards being read, as ``[k, offset]`` =
+its ``k``-th shard, ``offset`` samples in, plus the next ``k`` and the draw count;
+``{"start", "k"}`` for a map-style dataset; the draw count and one state per source for a
+mix) is attached to every item, so the trainer knows exactly what it consumed, and a
+resumed stream continues at the next sample: no shard, and no sample, is repeated or
+skipped (see :mod:`albef_plugin.trainers.stream_data`).
 
 Randomness. Each item's augmentation and caption choice are seeded from ``(seed, source,
-g, offset)``, and a mix draws its source from ``(seed, slot, draw)``: the stream does not
-depend on which worker reads what, nor on what ran before.
+g, offset)``; which open shard gives the next sample, and which source in a mix, are drawn
+from ``(seed, slot, draw)``: the stream does not depend on which worker reads what, nor on
+what ran before.
 """
 from __future__ import annotations
 
@@ -103,9 +105,8 @@ class StreamSource:
     def items(self, slot: int, num_slots: int, state: Optional[State]) -> Iterator[Tuple[Dict[str, Any], State]]:
         raise NotImplementedError
 
-    @staticmethod
-    def current_position(state: Optional[State], slot: int, num_slots: int) -> int:
-        """Global position ``g`` of the unit a slot is in (or about to start)."""
+    def earliest_position(self, state: Optional[State], slot: int, num_slots: int) -> int:
+        """Global position ``g`` of the earliest unit a slot has not finished."""
         state = state or {}
         return int(state.get("start", 0)) + int(state.get("k", 0)) * num_slots + slot
 
@@ -113,22 +114,32 @@ class StreamSource:
 class ShardSource(StreamSource):
     """Image-caption pairs from tar shards (see :mod:`albef_plugin.datasets.shards`).
 
+    A slot reads ``open_shards`` of its shards at once (lanes) and takes each sample from a
+    lane drawn at random (seeded by ``(seed, slot, draw)``): a batch mixes several shards
+    instead of holding consecutive samples of one. A lane that ends opens the slot's next
+    shard. The state is exact: ``{"start", "next_k", "lanes": [[k, offset], ...], "draws"}``.
+
     Args:
         shards: shard paths / URLs (already expanded).
         transform: PIL image -> tensor.
         samples_per_epoch: this source's contribution to an epoch (> 0).
         on_unreadable: ``error`` raises on the first bad shard or sample; ``substitute`` and
             ``drop`` both skip it and count it (the next good sample takes its place).
+        open_shards: shards read at once by one slot (>= 1).
     """
 
     def __init__(self, shards: Sequence[str], transform: Any, samples_per_epoch: int,
-                 on_unreadable: str = "substitute", shuffle_shards: bool = True, name: str = "shards") -> None:
+                 on_unreadable: str = "substitute", shuffle_shards: bool = True, open_shards: int = 4,
+                 name: str = "shards") -> None:
         if not shards:
             raise ValueError(f"{name}: the shard list is empty")
         if on_unreadable not in ON_UNREADABLE_CHOICES:
             raise ValueError(f"on_unreadable={on_unreadable!r}; choose one of {', '.join(ON_UNREADABLE_CHOICES)}.")
         if samples_per_epoch <= 0:
             raise ValueError(f"{name}: samples_per_epoch={samples_per_epoch} must be > 0")
+        if open_shards < 1:
+            raise ValueError(f"{name}: open_shards={open_shards} must be >= 1")
+        self.open_shards = int(open_shards)
         self.shards = list(shards)
         folders = {os.path.dirname(s): None for s in self.shards}  # in order of appearance
         self._folder_of = {folder: i for i, folder in enumerate(folders)}
@@ -148,31 +159,58 @@ class ShardSource(StreamSource):
                              f"'substitute' or 'drop' to skip such shards and samples.")
         logger.warning("skipping %s; counted in batch['num_skipped']", what)
 
+    def earliest_position(self, state: Optional[State], slot: int, num_slots: int) -> int:
+        state = state or {}
+        ks = [int(k) for k, _ in state.get("lanes", [])] or [int(state.get("next_k", 0))]
+        return int(state.get("start", 0)) + min(ks) * num_slots + slot
+
     def items(self, slot: int, num_slots: int, state: Optional[State]) -> Iterator[Tuple[Dict[str, Any], State]]:
         state = dict(state or {})
-        start, k, offset = int(state.get("start", 0)), int(state.get("k", 0)), int(state.get("offset", 0))
+        start, next_k, draws = int(state.get("start", 0)), int(state.get("next_k", 0)), int(state.get("draws", 0))
         order = _PassOrder(len(self.shards), seeded_words(self.seed, 1), self.shuffle_shards)
-        pending, bad_in_a_row = 0, set()
-        while True:
+
+        def open_lane(k: int, offset: int) -> List[Any]:
             g = start + k * num_slots + slot
             url = self.shards[order.unit(g)]
-            yielded = False
-            for position, raw, problem in read_shard(url, skip=offset):
-                if problem is not None:
-                    self._bad(problem)
-                    pending += 1
-                    continue
-                item = self._decode(raw, url, g, position)  # type: ignore[arg-type]
-                if item is None:
-                    pending += 1
-                    continue
-                item["num_skipped"], pending, yielded = pending, 0, True
-                yield item, {"start": start, "k": k, "offset": position}
-            bad_in_a_row = set() if yielded or offset > 0 else bad_in_a_row | {url}
-            if len(bad_in_a_row) >= min(_MAX_DISTINCT_BAD_SHARDS, len(self.shards)):
-                raise ShardError(f"{len(bad_in_a_row)} different shards in a row gave no readable "
-                                 f"sample (the last: {url}): the shard list is probably wrong.")
-            k, offset = k + 1, 0
+            # [k, offset, g, url, samples, yielded anything, started at the shard's beginning]
+            samples = read_shard(url, skip=offset) if offset >= 0 else iter(())  # -1: it broke
+            return [k, offset, g, url, samples, False, offset == 0]
+
+        if state.get("lanes"):
+            lanes = [open_lane(int(k), int(offset)) for k, offset in state["lanes"]]
+        else:
+            lanes = [open_lane(next_k + j, 0) for j in range(self.open_shards)]
+            next_k += self.open_shards
+        pending, bad_in_a_row = 0, set()
+        while True:
+            j = int(np.random.default_rng([self.seed, 6, slot, draws]).integers(len(lanes)))
+            draws += 1
+            lane = lanes[j]
+            position, raw, problem = next(lane[4], (None, None, None))
+            if position is None:  # the lane's shard is finished: open the slot's next one
+                if lane[5] or not lane[6]:
+                    bad_in_a_row = set()
+                else:
+                    bad_in_a_row.add(lane[3])
+                    if len(bad_in_a_row) >= min(_MAX_DISTINCT_BAD_SHARDS, len(self.shards)):
+                        raise ShardError(f"{len(bad_in_a_row)} different shards in a row gave no readable "
+                                         f"sample (the last: {lane[3]}): the shard list is probably wrong.")
+                lanes[j] = open_lane(next_k, 0)
+                next_k += 1
+                continue
+            lane[1] = position
+            if problem is not None:  # the rest of this shard is lost; a resume must not reopen it
+                lane[1] = -1
+                self._bad(problem)
+                pending += 1
+                continue
+            item = self._decode(raw, lane[3], lane[2], position)  # type: ignore[arg-type]
+            if item is None:
+                pending += 1
+                continue
+            item["num_skipped"], pending, lane[5] = pending, 0, True
+            yield item, {"start": start, "next_k": next_k, "draws": draws,
+                         "lanes": [[other[0], other[1]] for other in lanes]}
 
     def _decode(self, raw: Dict[str, Any], url: str, g: int, position: int) -> Optional[Dict[str, Any]]:
         seed = seeded_words(self.seed, 2, g, position)

@@ -165,9 +165,9 @@ def _earliest_positions(ranks: List[Dict[str, Any]], sources: List[StreamSource]
             per_source = per_source or [None] * len(sources)
             slot = rank * rank_state["slots_per_rank"] + local
             for i, source_state in enumerate(per_source):
-                g = StreamSource.current_position(source_state, slot, num_slots)
+                g = sources[i].earliest_position(source_state, slot, num_slots)
                 earliest[i] = g if earliest[i] is None else min(earliest[i], g)  # type: ignore[type-var]
-    return [{"start": int(g or 0), "k": 0} for g in earliest]
+    return [{"start": int(g or 0)} for g in earliest]
 
 
 def build_stream_batches(stream: SampleStream, collate_fn: Optional[Callable], *, batch_size: int,

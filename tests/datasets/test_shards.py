@@ -65,11 +65,11 @@ def test_ranks_get_equal_batches_and_one_pass_reads_every_sample_once(shards, te
     # The first pass over the shards (global positions 0..2) across all ranks: every image once.
     first_pass = []
     for rank in range(world_size):
-        stream = make_stream(shards)
+        stream = make_stream(shards, open_shards=1)
         stream.configure(rank, world_size, 0, seed=7)
         for item in stream:
             _, state = item["_stream"]
-            if state["k"] * world_size + rank >= len(shards):
+            if state["lanes"][0][0] * world_size + rank >= len(shards):
                 break
             first_pass.append(item["image_id"])
     assert sorted(first_pass) == list(range(NUM_IMAGES))
@@ -100,6 +100,25 @@ def test_workers_alternate_and_resume_continues_exactly(shards, text_processor):
         assert torch.equal(want["input_ids"], have["input_ids"])
 
 
+def test_a_worker_reads_several_shards_at_once_and_still_covers_each_sample(shards):
+    stream = make_stream(shards, open_shards=3, shuffle_shards=False)
+    stream.configure(0, 1, 0, seed=3)
+    items = [item for item, _ in zip(stream, range(40))]
+    assert len({item["image_id"] // 5 for item in items[:4]}) >= 2      # shard of image i: i // 5
+    # Unshuffled, one slot: the k-th shard opened is shards[k % 3]. Shards before the earliest
+    # open lane were read completely, open lanes partly: each image's count lies in between.
+    state = items[-1]["_stream"][1]
+    open_ks = [k for k, _ in state["lanes"]]
+    done = [k % 3 for k in range(min(open_ks)) if k not in open_ks]
+    opened = [k % 3 for k in open_ks] + [k % 3 for k in range(min(open_ks), max(open_ks)) if k not in open_ks]
+    counts = [sum(item["image_id"] == i for item in items) for i in range(NUM_IMAGES)]
+    for image, count in enumerate(counts):
+        assert done.count(image // 5) <= count <= done.count(image // 5) + opened.count(image // 5), image
+    single = make_stream(shards, open_shards=1, shuffle_shards=False)
+    single.configure(0, 1, 0, seed=3)
+    assert [item["image_id"] for item, _ in zip(single, range(4))] == [0, 1, 2, 3]
+
+
 def test_resume_with_other_worker_count_repeats_but_never_skips(shards, text_processor, caplog):
     first = make_batches(make_stream(shards), text_processor)
     seen = [i for _ in range(4) for i in first.next()[1]["image_id"].tolist()]   # 8 of 12
@@ -107,7 +126,9 @@ def test_resume_with_other_worker_count_repeats_but_never_skips(shards, text_pro
     with caplog.at_level(logging.WARNING):
         resumed.load_stream_state([first.rank_state()])
     assert "some samples are read again, none is skipped" in caplog.text
-    after = [i for _ in range(8) for i in resumed.next()[1]["image_id"].tolist()]  # 2 shards per slot
+    # each new slot opens 4 of the shard positions from the earliest unfinished one on, 6 of
+    # which hold every shard: 40 samples per slot read them all, whatever the lane draws
+    after = [i for _ in range(40) for i in resumed.next()[1]["image_id"].tolist()]
     resumed.close()
     assert set(range(NUM_IMAGES)) - set(seen) <= set(after)
 
@@ -128,7 +149,8 @@ def _write_bad_shards(folder: Path, good_shard: str):
 
 def test_non_tar_shard_and_corrupt_sample_are_skipped_and_counted(shards, tmp_path, text_processor, caplog):
     not_a_tar, broken = _write_bad_shards(tmp_path, shards[0])
-    stream = make_stream([not_a_tar, broken, shards[2]], shuffle_shards=False, samples_per_epoch=4)
+    stream = make_stream([not_a_tar, broken, shards[2]], shuffle_shards=False, samples_per_epoch=4,
+                         open_shards=1)
     stream.configure(0, 1, 0, seed=0)
     with caplog.at_level(logging.WARNING):
         items = [item for item, _ in zip(stream, range(4))]

@@ -56,13 +56,14 @@ def shard_dir(tiny_world, tmp_path_factory):
     return folder
 
 
-def run(save_dir, tiny_world, shard_dir, datasets, *overrides):
+def run(save_dir, tiny_world, shard_dir, datasets, *overrides, open_shards=1):
     config_file = save_dir.parent / f"{save_dir.name}.yaml"
     config_file.write_text(json.dumps({
         "model": "shard_probe", "datasets": datasets, "run_type": "train",
         "dataset_config": {
             "albef_pretrain_shards": {"data_dir": str(shard_dir), "shards": ["{00000..00003}.tar"],
-                                      "samples_per_epoch": 14, "image_size": 16, "weight": 2.0},
+                                      "samples_per_epoch": 14, "image_size": 16, "weight": 2.0,
+                                      "open_shards": open_shards},
             "albef_pretrain_json": {"data_dir": str(tiny_world), "image_size": 16, "weight": 1.0,
                                     "annotations": {"train": ["pretrain.json"]}},
         },
@@ -86,18 +87,20 @@ def records(save_dir, kind):
     return [r for r in map(json.loads, lines) if r.get("kind") == kind]
 
 
-@pytest.mark.parametrize("datasets", ["albef_pretrain_shards", "albef_pretrain_shards,albef_pretrain_json"])
-def test_resumed_run_continues_the_stream_exactly(tmp_path, tiny_world, shard_dir, datasets):
-    full = run(tmp_path / "full", tiny_world, shard_dir, datasets)
+@pytest.mark.parametrize("datasets, open_shards", [("albef_pretrain_shards", 1),
+                                                   ("albef_pretrain_shards,albef_pretrain_json", 3)])
+def test_resumed_run_continues_the_stream_exactly(tmp_path, tiny_world, shard_dir, datasets, open_shards):
+    full = run(tmp_path / "full", tiny_world, shard_dir, datasets, open_shards=open_shards)
     snapshot = tmp_path / "full" / "models" / f"model_{K}.ckpt"
     data = torch.load(snapshot, map_location="cpu", weights_only=True)["data"]
     assert data["iteration_in_epoch"] == K and len(data["stream"]) == 1      # mid-epoch, one rank
-    resumed = run(tmp_path / "resumed", tiny_world, shard_dir, datasets, f"checkpoint.resume_file={snapshot}")
+    resumed = run(tmp_path / "resumed", tiny_world, shard_dir, datasets, f"checkpoint.resume_file={snapshot}",
+                  open_shards=open_shards)
     assert resumed.model.seen == full.model.seen[K:]                         # no repeat, no skip
     losses = {r["update"]: r["train/mse"] for r in records(tmp_path / "full", "train")}
     for r in records(tmp_path / "resumed", "train"):
         assert r["train/mse"] == pytest.approx(losses[r["update"]], abs=1e-6), r["update"]
-    if datasets == "albef_pretrain_shards":
+    if open_shards == 1:
         first_pass = [i for batch in full.model.seen[:6] for i in batch]    # 12 images in 3 good shards
         assert sorted(first_pass) == list(range(12))
         # the non-tar shard was met in the first pass (14 samples per epoch, 1 epoch of 7 batches)
@@ -113,9 +116,10 @@ def _ddp_worker(rank: int, tmp: str, world: str, shards: str, port: int) -> None
         tmp_path = Path(tmp)
         # 14 samples per epoch / (2 ranks x batch 2) = 3 batches per rank and epoch; 8 updates
         # run through 2 epochs and more with 4 shards (one not a tar) dealt to 2 ranks
-        full = run(tmp_path / "full", Path(world), Path(shards), "albef_pretrain_shards")
+        full = run(tmp_path / "full", Path(world), Path(shards), "albef_pretrain_shards", open_shards=2)
         resumed = run(tmp_path / "resumed", Path(world), Path(shards), "albef_pretrain_shards",
-                      f"checkpoint.resume_file={tmp_path / 'full' / 'models' / f'model_{K}.ckpt'}")
+                      f"checkpoint.resume_file={tmp_path / 'full' / 'models' / f'model_{K}.ckpt'}",
+                      open_shards=2)
         torch.save({"full": full.model.seen, "resumed": resumed.model.seen}, tmp_path / f"rank{rank}.pt")
     finally:
         destroy_distributed()
