@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -111,6 +112,20 @@ class StreamSource:
         return int(state.get("start", 0)) + int(state.get("k", 0)) * num_slots + slot
 
 
+@dataclass
+class _Lane:
+    """One shard a slot is reading: its ``k`` among the slot's shards, global position ``g``,
+    samples read (``offset``; -1 once the shard broke), and the reader."""
+
+    k: int
+    offset: int
+    g: int
+    url: str
+    samples: Iterator[Tuple[int, Optional[Dict[str, Any]], Optional[str]]]
+    from_start: bool
+    yielded: bool = False
+
+
 class ShardSource(StreamSource):
     """Image-caption pairs from tar shards (see :mod:`albef_plugin.datasets.shards`).
 
@@ -169,12 +184,11 @@ class ShardSource(StreamSource):
         start, next_k, draws = int(state.get("start", 0)), int(state.get("next_k", 0)), int(state.get("draws", 0))
         order = _PassOrder(len(self.shards), seeded_words(self.seed, 1), self.shuffle_shards)
 
-        def open_lane(k: int, offset: int) -> List[Any]:
+        def open_lane(k: int, offset: int) -> _Lane:
             g = start + k * num_slots + slot
             url = self.shards[order.unit(g)]
-            # [k, offset, g, url, samples, yielded anything, started at the shard's beginning]
             samples = read_shard(url, skip=offset) if offset >= 0 else iter(())  # -1: it broke
-            return [k, offset, g, url, samples, False, offset == 0]
+            return _Lane(k, offset, g, url, samples, from_start=offset == 0)
 
         if state.get("lanes"):
             lanes = [open_lane(int(k), int(offset)) for k, offset in state["lanes"]]
@@ -186,31 +200,31 @@ class ShardSource(StreamSource):
             j = int(np.random.default_rng([self.seed, 6, slot, draws]).integers(len(lanes)))
             draws += 1
             lane = lanes[j]
-            position, raw, problem = next(lane[4], (None, None, None))
+            position, raw, problem = next(lane.samples, (None, None, None))
             if position is None:  # the lane's shard is finished: open the slot's next one
-                if lane[5] or not lane[6]:
+                if lane.yielded or not lane.from_start:
                     bad_in_a_row = set()
                 else:
-                    bad_in_a_row.add(lane[3])
+                    bad_in_a_row.add(lane.url)
                     if len(bad_in_a_row) >= min(_MAX_DISTINCT_BAD_SHARDS, len(self.shards)):
                         raise ShardError(f"{len(bad_in_a_row)} different shards in a row gave no readable "
-                                         f"sample (the last: {lane[3]}): the shard list is probably wrong.")
+                                         f"sample (the last: {lane.url}): the shard list is probably wrong.")
                 lanes[j] = open_lane(next_k, 0)
                 next_k += 1
                 continue
-            lane[1] = position
+            lane.offset = position
             if problem is not None:  # the rest of this shard is lost; a resume must not reopen it
-                lane[1] = -1
+                lane.offset = -1
                 self._bad(problem)
                 pending += 1
                 continue
-            item = self._decode(raw, lane[3], lane[2], position)  # type: ignore[arg-type]
+            item = self._decode(raw, lane.url, lane.g, position)  # type: ignore[arg-type]
             if item is None:
                 pending += 1
                 continue
-            item["num_skipped"], pending, lane[5] = pending, 0, True
+            item["num_skipped"], pending, lane.yielded = pending, 0, True
             yield item, {"start": start, "next_k": next_k, "draws": draws,
-                         "lanes": [[other[0], other[1]] for other in lanes]}
+                         "lanes": [[other.k, other.offset] for other in lanes]}
 
     def _decode(self, raw: Dict[str, Any], url: str, g: int, position: int) -> Optional[Dict[str, Any]]:
         seed = seeded_words(self.seed, 2, g, position)
