@@ -69,7 +69,7 @@ class StreamBatchIterator:
         self.world_size = world_size
         self.iterations_per_epoch = stream.samples_per_epoch // (self.batch_size * world_size)
         if self.iterations_per_epoch < 1:
-            raise ValueError(f"samples_per_epoch={stream.samples_per_epoch} of the training stream is "
+            raise ConfigError(f"samples_per_epoch={stream.samples_per_epoch} of the training stream is "
                              f"less than one global batch ({self.batch_size} x {world_size} processes): "
                              f"raise the dataset's samples_per_epoch or lower training.batch_size.")
         self.on_epoch_end = on_epoch_end

@@ -75,6 +75,11 @@ def test_ranks_get_equal_batches_and_one_pass_reads_every_sample_once(shards, te
     assert sorted(first_pass) == list(range(NUM_IMAGES))
 
 
+def test_an_epoch_shorter_than_one_global_batch_is_a_config_error(shards, text_processor):
+    with pytest.raises(ConfigError, match="samples_per_epoch=12 .* less than one global batch"):
+        make_batches(make_stream(shards), text_processor, rank=0, world_size=2, batch_size=8)
+
+
 def test_workers_alternate_and_resume_continues_exactly(shards, text_processor):
     """2 workers: batches come from both slots in turn; stopping after an odd number of batches
     and resuming gives the same next batches (ids and augmented pixels) as never stopping."""
