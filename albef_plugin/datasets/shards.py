@@ -27,6 +27,8 @@ import braceexpand
 from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
+from albef_plugin.errors import UserError
+
 __all__ = ["ShardError", "expand_shard_patterns", "is_url", "read_shard", "decode_pair", "image_id_of",
            "IMAGE_EXTENSIONS", "count_samples_from_stats"]
 
@@ -36,8 +38,8 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 _GLOB_CHARS = set("*?[")
 
 
-class ShardError(OSError):
-    """A shard cannot be found, opened or read as a tar file."""
+class ShardError(UserError, OSError):
+    """A shard or one of its samples cannot be read (with ``on_unreadable: error``), or none can."""
 
 
 def is_url(path: str) -> bool:
