@@ -57,7 +57,7 @@ class ShardsPretrainBuilder(PretrainJsonBuilder):
         return list(self.config.shards)
 
     def build(self, split: str) -> Dataset:
-        if self.check_split(split) != "train":
+        if self.split_role(split) != "train":
             return super().build(split)
         key = self.config_key("shards")
         try:
