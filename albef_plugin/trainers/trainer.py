@@ -19,6 +19,7 @@ from typing import Any, ContextManager, Dict, List, Optional, Tuple
 import torch
 from tqdm import tqdm
 
+from albef_plugin.datasets.streams import SampleStream
 from albef_plugin.distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
 from albef_plugin.metrics.base import EvalContext
 from albef_plugin.metrics.retrieval import format_recall_table
@@ -38,6 +39,7 @@ from albef_plugin.trainers.precision import (build_grad_scaler, get_autocast, re
                                              resolve_precision)
 from albef_plugin.trainers.rng import seed_everything
 from albef_plugin.trainers.schedulers import build_lr_scheduler
+from albef_plugin.trainers.stream_data import build_stream_batches
 
 logger = logging.getLogger(__name__)
 
@@ -137,12 +139,19 @@ class Trainer:
         if training.update_frequency < 1:
             raise ValueError(f"training.update_frequency={training.update_frequency}: must be >= 1.")
         self.update_frequency = int(training.update_frequency)
-        loader, sampler = build_train_loader(
-            self.datasets.train, self.datasets.train_collate, batch_size=training.batch_size,
-            seed=training.seed, rank=get_rank(), world_size=get_world_size(),
-            num_workers=training.num_workers, pin_memory=training.pin_memory and self.device.type == "cuda",
-            persistent_workers=training.persistent_workers)
-        self.batches = EpochBatchIterator(loader, sampler, on_epoch_end=self._on_epoch_end)
+        if isinstance(self.datasets.train, SampleStream):  # shards: an endless stream
+            self.batches = build_stream_batches(
+                self.datasets.train, self.datasets.train_collate, batch_size=training.batch_size,
+                seed=training.seed, rank=get_rank(), world_size=get_world_size(),
+                num_workers=training.num_workers,
+                pin_memory=training.pin_memory and self.device.type == "cuda", on_epoch_end=self._on_epoch_end)
+        else:
+            loader, sampler = build_train_loader(
+                self.datasets.train, self.datasets.train_collate, batch_size=training.batch_size,
+                seed=training.seed, rank=get_rank(), world_size=get_world_size(),
+                num_workers=training.num_workers, pin_memory=training.pin_memory and self.device.type == "cuda",
+                persistent_workers=training.persistent_workers)
+            self.batches = EpochBatchIterator(loader, sampler, on_epoch_end=self._on_epoch_end)
         self.state.iterations_per_epoch = self.batches.iterations_per_epoch
         self.max_updates = compute_max_updates(training.max_updates, training.max_epochs,
                                                self.batches.iterations_per_epoch, self.update_frequency)
