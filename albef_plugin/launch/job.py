@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
+import signal
 import socket
 import sys
 from typing import Any, Dict, Optional
@@ -47,10 +49,17 @@ def quiet_submitit_logger() -> None:
 
 def _submitit_signal_handler(signum: int) -> Optional[Any]:
     """submitit's ``SignalHandler`` installed for ``signum`` (before we take the signal over)."""
-    import signal
-
     current = signal.getsignal(signum)
     return getattr(current, "__self__", None)
+
+
+def _use_allocated_cpus() -> None:
+    """torch would start one thread per CPU of the node, not of the task."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus and cpus.isdigit() and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(int(cpus))
 
 
 def _run_job(cfg: Any) -> Any:
@@ -84,6 +93,8 @@ class SubmititJob:
         handler = _submitit_signal_handler(env._usr_sig())
         if env.cluster != "debug":  # (debug runs inside the submitting process)
             STOP_SIGNALS.install()  # after submitit's: USR2 and SIGTERM now only set a flag
+            signal.signal(signal.SIGCONT, signal.SIG_DFL)  # sent with SIGTERM; nothing to log
+        _use_allocated_cpus()
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         save_dir = self.config["env"]["save_dir"]
@@ -105,10 +116,9 @@ class SubmititJob:
                         where, env.global_rank, stop.update)
             raise SystemExit(0)
         if STOP_SIGNALS.first != "SIGUSR2":
-            logger.warning("%s: %s after update %d, checkpoint %s. Not requeued from here: SLURM "
-                           "requeues the job if it sent the signal for a requeue or a "
-                           "preemption; after scancel, resume with checkpoint.resume=true.",
-                           where, stop, stop.update, stop.checkpoint)
+            logger.warning("%s: %s Not requeued from here: SLURM requeues the job itself if it "
+                           "sent %s for a requeue or a preemption (after scancel it stays "
+                           "stopped).", where, stop, stop.signal_name)
             raise SystemExit(0)
         self._requeue(stop, env, handler, where)
 

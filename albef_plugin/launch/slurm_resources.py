@@ -99,7 +99,7 @@ def parse_sinfo(lines: Sequence[str], partition: Optional[str]) -> Optional[Part
 
 
 def _partition_names(lines: Sequence[str]) -> List[str]:
-    return sorted({line.split("|")[0] for line in lines if "|" in line})
+    return sorted({line.split("|")[0].rstrip("*") for line in lines if "|" in line})
 
 
 def query_partition(partition: Optional[str]) -> PartitionInfo:
