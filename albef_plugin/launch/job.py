@@ -30,16 +30,15 @@ from typing import Any, Dict, Optional
 from omegaconf import OmegaConf
 
 from albef_plugin.launch.errors import LaunchError
+from albef_plugin.launch.slurm_resources import default_signal_delay_s
 from albef_plugin.trainers.preemption import STOP_SIGNALS, RunPreempted
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SubmititJob", "REQUEUE_LOCK_WAIT_S", "EXIT_AFTER_REQUEUE"]
+__all__ = ["SubmititJob", "REQUEUE_LOCK_WAIT_S"]
 
 # A requeued job may start while its predecessor still holds the save_dir lock.
 REQUEUE_LOCK_WAIT_S = 120.0
-# submitit's own exit code after requeueing (``sys.exit(-1)``)
-EXIT_AFTER_REQUEUE = 255
 
 
 def quiet_submitit_logger() -> None:
@@ -111,6 +110,10 @@ class SubmititJob:
 
     def _stop_for_requeue(self, stop: RunPreempted, env: Any, handler: Optional[Any]) -> None:
         where = f"job {env.job_id} on {socket.gethostname()}"
+        # The state is saved: from here on SLURM's SIGTERM (sent to every task once the job is
+        # requeued) must not turn a clean exit into "task N: Terminated". SIG_IGN, unlike a
+        # Python handler, still holds while the interpreter shuts down.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if env.global_rank != 0:
             logger.info("%s: rank %d stopped after update %d; rank 0 handles the requeue",
                         where, env.global_rank, stop.update)
@@ -129,7 +132,7 @@ class SubmititJob:
             raise LaunchError(f"{where}: stopped by USR2 after update {stop.update} but there is no "
                               f"submitit job to requeue; resume with checkpoint.resume=true.")
         delayed = handler._delayed
-        timed_out = handler.has_timed_out()
+        timed_out = self._near_time_limit(handler)
         countdown = delayed._timeout_countdown - int(timed_out)
         if countdown < 0:
             raise LaunchError(
@@ -148,7 +151,18 @@ class SubmititJob:
                        f"signal received {STOP_SIGNALS.count} time(s)", stop.checkpoint, countdown)
         sys.stdout.flush()
         env._requeue(countdown)  # scontrol requeue (SLURM); the local executor exits here
-        raise SystemExit(EXIT_AFTER_REQUEUE)
+        raise SystemExit(0)
+
+    def _near_time_limit(self, handler: Any) -> bool:
+        """USR2 because the time limit is near (counts against max_num_timeout), or a preemption.
+
+        submitit's own test calls any job shorter than 10 minutes timed out; here the job is
+        timed out when the signal came within a minute of when the time-limit warning is due.
+        """
+        launcher = self.config["launcher"]
+        delay = launcher.get("signal_delay_s") or default_signal_delay_s(launcher["timeout_min"])
+        ran_s = STOP_SIGNALS.first_time - handler._start_time
+        return ran_s >= launcher["timeout_min"] * 60 - delay - 60
 
     def checkpoint(self) -> Any:
         """What submitit requeues: the same job (it resumes from ``current.ckpt``)."""

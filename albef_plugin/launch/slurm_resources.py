@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 
 from albef_plugin.launch.errors import LaunchError
 
-__all__ = ["PartitionInfo", "query_partition", "parse_sinfo", "parse_time_limit_min",
+__all__ = ["default_signal_delay_s", "PartitionInfo", "query_partition", "parse_sinfo", "parse_time_limit_min",
            "parse_gpu_count", "resolve_resources", "DEFAULT_MAX_CPUS_PER_TASK"]
 
 # A single task on a big node would otherwise ask for all its cores.
@@ -33,6 +33,11 @@ class PartitionInfo:
     num_nodes: int
     time_limit_min: Optional[int]      # None: no limit
     node_kinds: List[str] = field(default_factory=list)  # "CPUS cpus, GRES" per node kind
+
+
+def default_signal_delay_s(timeout_min: int) -> int:
+    """USR2 lead time before the time limit: 120 s, at most a quarter of the job's time."""
+    return max(10, min(120, timeout_min * 60 // 4))
 
 
 def parse_time_limit_min(text: str) -> Optional[int]:

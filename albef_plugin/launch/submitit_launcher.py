@@ -31,7 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from albef_plugin.launch.errors import LaunchError
 from albef_plugin.launch.job import SubmititJob, quiet_submitit_logger
-from albef_plugin.launch.slurm_resources import query_partition, resolve_resources
+from albef_plugin.launch.slurm_resources import (default_signal_delay_s, query_partition,
+                                                 resolve_resources)
 from albef_plugin.registry import registry
 
 logger = logging.getLogger(__name__)
@@ -44,11 +45,6 @@ __all__ = ["SubmititLauncher", "SubmititJob", "default_signal_delay_s", "job_con
 _TYPED_SBATCH_KEYS = {"partition", "account", "qos", "constraint", "time", "nodes",
                       "ntasks_per_node", "cpus_per_task", "gpus_per_node", "mem", "job_name",
                       "comment", "signal"}
-
-
-def default_signal_delay_s(timeout_min: int) -> int:
-    """USR2 lead time: 120 s, but never more than a quarter of the job's time."""
-    return max(10, min(120, timeout_min * 60 // 4))
 
 
 def job_config(config: DictConfig) -> Dict[str, Any]:
