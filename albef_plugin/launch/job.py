@@ -19,6 +19,7 @@ The task then exits with ``SystemExit``, which submitit does not report as an ex
 """
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import os
@@ -107,6 +108,11 @@ class SubmititJob:
                          env.job_id, socket.gethostname(), env.global_rank, env.num_tasks,
                          type(exc).__name__, exc, save_dir)
             raise
+        finally:
+            # The interpreter's final garbage collection walks every object of torch and
+            # transformers: tens of seconds on a busy node, past SLURM's KillWait after a
+            # stop. Nothing needs collecting at exit, so leave the objects to the OS.
+            gc.freeze()
 
     def _stop_for_requeue(self, stop: RunPreempted, env: Any, handler: Optional[Any]) -> None:
         where = f"job {env.job_id} on {socket.gethostname()}"
