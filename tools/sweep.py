@@ -12,11 +12,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from albef_plugin.config import ConfigError  # noqa: E402
+from albef_plugin.errors import UserError  # noqa: E402
 from albef_plugin.launch.sweep import main  # noqa: E402
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except ConfigError as exc:  # LaunchError included
+    except (ConfigError, UserError) as exc:  # LaunchError included
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from albef_plugin.config.loader import ConfigError
+from albef_plugin.errors import UserError
 
 __all__ = ["LaunchError"]
 
 
-class LaunchError(ConfigError):
+class LaunchError(ConfigError, UserError):
     """A job cannot be submitted, or stopped for good; the message names what and where.
 
-    ``albef_plugin.run.main`` prints it as one ``error:`` line (it is a ConfigError).
+    ``albef_plugin.run.main`` prints it as one ``error:`` line (a UserError).
     """

@@ -20,7 +20,6 @@ The task then exits with ``SystemExit``, which submitit does not report as an ex
 from __future__ import annotations
 
 import gc
-import inspect
 import logging
 import os
 import signal
@@ -66,9 +65,7 @@ def _run_job(cfg: Any) -> Any:
     from albef_plugin.run import run_job
 
     # run_job takes the save_dir lock; a requeued job waits for its predecessor to let go
-    if "lock_wait_s" in inspect.signature(run_job).parameters:
-        return run_job(cfg, lock_wait_s=REQUEUE_LOCK_WAIT_S)
-    return run_job(cfg)
+    return run_job(cfg, lock_wait_s=REQUEUE_LOCK_WAIT_S)
 
 
 class SubmititJob:

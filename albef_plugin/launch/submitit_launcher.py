@@ -52,38 +52,24 @@ def job_config(config: DictConfig) -> Dict[str, Any]:
     plain = OmegaConf.to_container(config, resolve=True)
     assert isinstance(plain, dict)
     plain["checkpoint"]["resume"] = True
-    if "overwrite" in plain["checkpoint"]:  # done at submission; a requeue must not clear
-        plain["checkpoint"]["overwrite"] = False
+    plain["checkpoint"]["overwrite"] = False  # done at submission; a requeue must not clear
     return plain
 
 
 def check_save_dir(config: DictConfig) -> None:
     """Refuse a save_dir holding a run unless resuming; overwrite clears it now."""
     from albef_plugin.trainers.build import parse_run_type
+    from albef_plugin.trainers.save_dir import SaveDirLock, assert_save_dir_usable, clear_run_files
 
     if not parse_run_type(config.run_type)[0]:
         return  # evaluation only: writes nothing a run would lose
     save_dir = str(config.env.save_dir)
     resume = bool(config.checkpoint.resume)
-    overwrite = bool(config.checkpoint.get("overwrite", False))
-    try:
-        from albef_plugin.trainers.save_dir import (SaveDirLock, assert_save_dir_usable,
-                                                    clear_run_files)
-    except ImportError:  # the hardening branch is not merged yet
-        _fallback_check(save_dir, resume)
-        return
+    overwrite = bool(config.checkpoint.overwrite)
     assert_save_dir_usable(save_dir, resume=resume, overwrite=overwrite)
     if overwrite and not resume and os.path.isdir(save_dir):
         with SaveDirLock(save_dir, wait_s=0.0):  # fails if a live run holds it
             clear_run_files(save_dir)
-
-
-def _fallback_check(save_dir: str, resume: bool) -> None:
-    found = [n for n in ("current.ckpt", "best.ckpt", "metrics.jsonl")
-             if os.path.isfile(os.path.join(save_dir, n))]
-    if found and not resume:
-        raise LaunchError(f"env.save_dir={save_dir} already holds a run ({', '.join(found)}): "
-                          f"continue it with checkpoint.resume=true or use a new env.save_dir.")
 
 
 @registry.register_launcher("submitit")

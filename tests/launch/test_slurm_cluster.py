@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "projects/albef/configs/demo/pretrain.yaml"
-MAX_UPDATES = 120
+MAX_UPDATES = 60
 TINY = [
     "dataset_config.demo_pretrain.synthetic.num_train=64",
     "dataset_config.demo_pretrain.synthetic.num_val=4",

@@ -9,6 +9,7 @@ import pytest
 from albef_plugin.config import build_config
 from albef_plugin.launch import slurm_resources
 from albef_plugin.launch.errors import LaunchError
+from albef_plugin.trainers.save_dir import SaveDirError
 from albef_plugin.launch.slurm_resources import (parse_gpu_count, parse_sinfo, parse_time_limit_min,
                                                  resolve_resources)
 from albef_plugin.launch.submitit_launcher import (SubmititLauncher, default_signal_delay_s,
@@ -107,7 +108,7 @@ def test_job_always_resumes_and_a_taken_save_dir_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "current.ckpt").write_bytes(b"x")
-    with pytest.raises(Exception, match="already holds a run"):
+    with pytest.raises(SaveDirError, match="already holds a run"):
         SubmititLauncher(cfg).launch()
     assert (run_dir / "current.ckpt").read_bytes() == b"x"  # nothing lost
 
