@@ -192,8 +192,15 @@ def wait_for(job: Any, config: DictConfig) -> Any:
     try:
         return job.results() if launcher.tasks_per_node * launcher.nodes > 1 else job.result()
     except UncompletedJobError as exc:
-        last = [line for line in str(exc).strip().splitlines() if line.strip()]
         raise LaunchError(
-            f"job {job.job_id} failed: {last[-1] if last else exc}. Full log: "
+            f"job {job.job_id} failed: {_exception_line(str(exc))}. Full log: "
             f"{launcher.folder}/{job.job_id}_0_log.err. env.save_dir={config.env.save_dir} keeps "
             f"its checkpoints; once fixed, submit again with checkpoint.resume=true.") from None
+
+
+def _exception_line(report: str) -> str:
+    """``Type: message`` of the traceback inside submitit's failure report (else its first line)."""
+    parts = report.split("-" * 22)  # submitit frames the trace with dashes
+    trace = parts[1] if len(parts) >= 3 else report
+    lines = [line.strip() for line in trace.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else report.strip()

@@ -143,3 +143,19 @@ def test_sbatch_refusal_is_one_clean_error_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: sbatch refused the job"), err
     assert "Invalid account" in err[0] and "launcher.account" in err[0]
+
+
+def test_a_job_failing_on_the_node_is_reported_with_where_and_what(tmp_path):
+    failing = str(Path(__file__).resolve().parent / "failing_plugin.py")
+    cfg = build_config([f"env.user_dir={failing}", "model=launch_fail_model",
+                        "datasets=launch_fail_data", "training.trainer=launch_fail_trainer",
+                        f"env.save_dir={tmp_path / 'run'}", "launcher.type=submitit",
+                        "launcher.cluster=local", "launcher.wait=true", "launcher.timeout_min=5"])
+    with pytest.raises(LaunchError) as failure:
+        SubmititLauncher(cfg).launch()
+    message = str(failure.value)
+    assert "failed: RuntimeError: the toy trainer broke on purpose" in message
+    assert "_0_log.err" in message and str(tmp_path / "run") in message
+    assert "checkpoint.resume=true" in message
+    node_log = "".join(p.read_text() for p in (tmp_path / "run" / "submitit").glob("*_0_log.out"))
+    assert "failed on" in node_log and "RuntimeError: the toy trainer broke on purpose" in node_log
