@@ -162,6 +162,9 @@ def test_forced_requeue_and_preemption_lose_no_update(slurm_cluster, tmp_path, m
     for a, b in zip(got, want):
         for key in ("train/itc", "train/itm", "train/mlm", "total_loss"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["update"], key)
+    # the rank line shows once console logging exists; submitit's lines are not doubled
+    assert log.count("distributed: rank 0 of 2, backend gloo") == 3
+    assert log.count("Starting with JobEnvironment") == 3
     # clean logs: no exception report after a working requeue, no killed DataLoader worker
     errors = "".join(p.read_text() for p in out_log.parent.glob(f"{job.job_id}_*_log.err"))
     assert "Submitted job triggered an exception" not in errors + log
