@@ -159,3 +159,16 @@ def test_a_job_failing_on_the_node_is_reported_with_where_and_what(tmp_path):
     assert "checkpoint.resume=true" in message
     node_log = "".join(p.read_text() for p in (tmp_path / "run" / "submitit").glob("*_0_log.out"))
     assert "failed on" in node_log and "RuntimeError: the toy trainer broke on purpose" in node_log
+
+
+def test_overwrite_clears_the_previous_run_at_submission(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "models").mkdir(parents=True)
+    (run_dir / "current.ckpt").write_bytes(b"old")
+    (run_dir / "models" / "model_5.ckpt").write_bytes(b"old")
+    cfg = _config(tmp_path, "launcher.cluster=debug", "checkpoint.overwrite=true")
+    assert SubmititLauncher(cfg).launch() == "finished"
+    assert not (run_dir / "current.ckpt").exists() and not (run_dir / "models").exists()
+    # the job itself resumes (nothing to resume yet) and never clears again on a requeue
+    assert json.loads((run_dir / "ran.json").read_text())["resume"] is True
+    assert job_config(cfg)["checkpoint"]["overwrite"] is False

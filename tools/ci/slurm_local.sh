@@ -28,6 +28,8 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
 fi
 
 HOST=$(hostname -s)
+# what the node really has (a configured RealMemory above it would drain the node)
+MEMORY_MB=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
 mkdir -p "$STATE"/{state,spool,log} /etc/slurm /run/munge
 if [ ! -s /etc/munge/munge.key ]; then
     mkdir -p /etc/munge
@@ -58,7 +60,7 @@ ReturnToService=2
 SchedulerParameters=sched_interval=2
 KillWait=30
 MinJobAge=300
-NodeName=$HOST CPUs=$(nproc) RealMemory=4000 State=UNKNOWN
+NodeName=$HOST CPUs=$(nproc) RealMemory=$MEMORY_MB State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 CONF
 
