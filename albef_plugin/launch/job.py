@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Any, Dict, Optional
 
 from omegaconf import OmegaConf
@@ -109,7 +110,8 @@ class SubmititJob:
             # The interpreter's final garbage collection walks every object of torch and
             # transformers: tens of seconds on a busy node, past SLURM's KillWait after a
             # stop. Nothing needs collecting at exit, so leave the objects to the OS.
-            gc.freeze()
+            if env.cluster != "debug":
+                gc.freeze()
 
     def _stop_for_requeue(self, stop: RunPreempted, env: Any, handler: Optional[Any]) -> None:
         where = f"job {env.job_id} on {socket.gethostname()}"
@@ -121,7 +123,7 @@ class SubmititJob:
             logger.info("%s: rank %d stopped after update %d; rank 0 handles the requeue",
                         where, env.global_rank, stop.update)
             raise SystemExit(0)
-        if STOP_SIGNALS.first != "SIGUSR2":
+        if stop.signal_name != "SIGUSR2":  # the signal all ranks agreed on
             logger.warning("%s: %s Not requeued from here: SLURM requeues the job itself if it "
                            "sent %s for a requeue or a preemption (after scancel it stays "
                            "stopped).", where, stop, stop.signal_name)
@@ -149,7 +151,7 @@ class SubmititJob:
             raise LaunchError(f"{where}: not requeued ({reason}); {stop.checkpoint} holds update "
                               f"{stop.update}: resume with checkpoint.resume=true.")
         logger.warning("%s: %s after update %d; %s (%s). Requeueing; the job resumes from %s "
-                       "(%d time-out requeue(s) left).", where, STOP_SIGNALS.first, stop.update,
+                       "(%d time-out requeue(s) left).", where, stop.signal_name, stop.update,
                        "time limit near" if timed_out else "preempted",
                        f"signal received {STOP_SIGNALS.count} time(s)", stop.checkpoint, countdown)
         sys.stdout.flush()
@@ -164,7 +166,8 @@ class SubmititJob:
         """
         launcher = self.config["launcher"]
         delay = launcher.get("signal_delay_s") or default_signal_delay_s(launcher["timeout_min"])
-        ran_s = STOP_SIGNALS.first_time - handler._start_time
+        received = STOP_SIGNALS.first_time or time.time()  # (another rank may have got it)
+        ran_s = received - handler._start_time
         return ran_s >= launcher["timeout_min"] * 60 - delay - 60
 
     def checkpoint(self) -> Any:

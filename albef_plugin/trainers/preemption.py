@@ -34,6 +34,10 @@ __all__ = ["StopSignals", "STOP_SIGNALS", "StopAgreement", "RunPreempted", "igno
            "STOP_SIGNAL_NUMBERS"]
 
 STOP_SIGNAL_NUMBERS = (signal.SIGUSR2, signal.SIGTERM)
+# What a rank sends in the all-reduce (MAX wins): SIGTERM outranks USR2, because SLURM is then
+# ending (or requeueing) the job itself and the job must not requeue it a second time.
+_FLAG_OF = {"SIGUSR2": 1, "SIGTERM": 2}
+_NAME_OF = {value: name for name, value in _FLAG_OF.items()}
 
 
 class RunPreempted(Exception):
@@ -74,7 +78,7 @@ class StopSignals:
         self._previous.clear()
 
     def reset(self) -> None:
-        self.first, self.count = None, 0
+        self.first, self.count, self.first_time = None, 0, 0.0
 
     def _handle(self, signum: int, frame: Any = None) -> None:
         # only assignments: safe whatever the main thread was doing
@@ -97,8 +101,9 @@ class StopAgreement:
     """All ranks agree on "stop after this update", without waiting inside the step.
 
     Call :meth:`after_update` once per update on every rank, at the same point of the loop.
-    It returns True on every rank at the same update. Create it on every rank at the same
-    time (it builds a process group).
+    It returns True on every rank at the same update; :attr:`signal_name` is then the
+    same on every rank too (SIGTERM if any rank got it, else USR2). Create it on every rank at
+    the same time (it builds a process group).
     """
 
     def __init__(self, signals: StopSignals = STOP_SIGNALS) -> None:
@@ -107,19 +112,21 @@ class StopAgreement:
         # a gloo group on CPU tensors: the flag never touches the GPU streams
         self.group = dist.new_group(backend="gloo") if self.world_size > 1 else None
         self._pending: Optional[Tuple[Any, torch.Tensor]] = None
+        self.agreed_flag = 0
 
     def after_update(self) -> bool:
+        local = _FLAG_OF.get(self.signals.first or "", 0)
         if self.group is None:
-            return self.signals.requested
-        agreed = False
+            self.agreed_flag = local
+            return local > 0
         if self._pending is not None:
             work, flag = self._pending
             work.wait()                 # sent one update ago: already done
-            agreed = bool(flag[0] > 0)
-        flag = torch.tensor([1 if self.signals.requested else 0], dtype=torch.int32)
+            self.agreed_flag = int(flag[0])
+        flag = torch.tensor([local], dtype=torch.int32)
         self._pending = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group,
                                          async_op=True), flag)
-        return agreed
+        return self.agreed_flag > 0
 
     def close(self) -> None:
         """Wait for the last all-reduce (every rank sent it) before the group goes away."""
@@ -129,4 +136,5 @@ class StopAgreement:
 
     @property
     def signal_name(self) -> str:
-        return self.signals.first or "a stop signal on another rank"
+        """The agreed stop signal (``SIGTERM`` or ``SIGUSR2``)."""
+        return _NAME_OF.get(self.agreed_flag, "no signal")

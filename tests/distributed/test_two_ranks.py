@@ -106,8 +106,17 @@ def _stop_check(rank):
             STOP_SIGNALS._handle(signal.SIGUSR2)
         seen.append(agreement.after_update())
     agreement.close()
+    names = [agreement.signal_name]
+    # rank 0 gets SIGTERM (SLURM ends the job), rank 1 USR2: SIGTERM wins on both
     STOP_SIGNALS.reset()
-    return seen
+    agreement = StopAgreement()
+    STOP_SIGNALS._handle(signal.SIGTERM if rank == 0 else signal.SIGUSR2)
+    while not agreement.after_update():
+        pass
+    agreement.close()
+    names.append(agreement.signal_name)
+    STOP_SIGNALS.reset()
+    return {"seen": seen, "names": names}
 
 
 def _worker(rank, port, out_dir):
@@ -173,7 +182,9 @@ def single_process_step():
 
 def test_ranks_stop_at_the_same_update_one_update_after_the_signal(ranks):
     expected = [False, False, False, True, True, True]
-    assert ranks[0]["stop"] == expected and ranks[1]["stop"] == expected
+    for result in ranks:
+        assert result["stop"]["seen"] == expected
+        assert result["stop"]["names"] == ["SIGUSR2", "SIGTERM"]
 
 
 def test_queues_receive_the_gathered_momentum_features_in_rank_order(ranks, single_process_step):

@@ -64,12 +64,11 @@ def _preempted_then_resumed(rank: int, root: str) -> dict:
             os.kill(os.getpid(), signal.SIGUSR2)  # twice: harmless
 
     trainer.train_step = step_then_signal
-    stopped_at = None
+    stopped_at = signal_name = None
     try:
         trainer.run()
     except RunPreempted as stop:
-        stopped_at = stop.update
-    signal_name = STOP_SIGNALS.first
+        stopped_at, signal_name = stop.update, stop.signal_name
     STOP_SIGNALS.uninstall()
     STOP_SIGNALS.reset()
     resumed = build_trainer(make_config(cut_dir, *opts, "checkpoint.resume=true"))
@@ -118,7 +117,7 @@ def test_a_signal_on_one_rank_stops_both_after_the_same_update_and_resume_is_exa
         preemption = result["preemption"]
         # sent after update 2, agreed one update late: both ranks stop after update 3
         assert preemption["stopped_at"] == 3 and preemption["resumed_from"] == 3
-        assert preemption["signal"] == ("SIGUSR2" if rank == 1 else None)
+        assert preemption["signal"] == "SIGUSR2"  # agreed: rank 0 knows which signal it was
         for name, param in preemption["reference"].items():
             assert torch.equal(preemption["params"][name], param), name
     assert load_ckpt(tmp_path / "preempted" / "current.ckpt")["train_state"]["update"] == 6
