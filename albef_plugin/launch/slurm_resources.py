@@ -20,7 +20,7 @@ __all__ = ["default_signal_delay_s", "PartitionInfo", "query_partition", "parse_
 
 # A single task on a big node would otherwise ask for all its cores.
 DEFAULT_MAX_CPUS_PER_TASK = 10
-_SINFO_FORMAT = "%P|%a|%c|%D|%G|%l"
+_SINFO_FORMAT = "%P|%a|%c|%D|%G|%l|%m"
 
 
 @dataclass
@@ -32,6 +32,7 @@ class PartitionInfo:
     gpus_per_node: int
     num_nodes: int
     time_limit_min: Optional[int]      # None: no limit
+    memory_mb: int = 0                 # per node (0: unknown)
     node_kinds: List[str] = field(default_factory=list)  # "CPUS cpus, GRES" per node kind
 
 
@@ -78,17 +79,19 @@ def _cpu_count(text: str) -> int:
 
 
 def parse_sinfo(lines: Sequence[str], partition: Optional[str]) -> Optional[PartitionInfo]:
-    """Combine ``sinfo -h -o '%P|%a|%c|%D|%G|%l'`` lines of one partition (None: the default one)."""
+    """Combine ``sinfo -h -o '%P|%a|%c|%D|%G|%l|%m'`` lines of one partition (None: the default one)."""
     rows = []
     for line in lines:
         fields = line.strip().split("|")
-        if len(fields) != 6:
+        if len(fields) == 6:  # no memory column
+            fields.append("0")
+        if len(fields) != 7:
             continue
-        name, avail, cpus, nodes, gres, limit = fields
+        name, avail, cpus, nodes, gres, limit, memory = fields
         is_default = name.endswith("*")
         name = name.rstrip("*")
         if (partition is None and is_default) or name == partition:
-            rows.append((name, avail, cpus, nodes, gres, limit))
+            rows.append((name, avail, cpus, nodes, gres, limit, memory))
     if not rows:
         return None
     return PartitionInfo(
@@ -98,6 +101,7 @@ def parse_sinfo(lines: Sequence[str], partition: Optional[str]) -> Optional[Part
         gpus_per_node=max(parse_gpu_count(r[4]) for r in rows),
         num_nodes=sum(int(r[3]) for r in rows if r[3].isdigit()),
         time_limit_min=parse_time_limit_min(rows[0][5]),
+        memory_mb=max(_cpu_count(r[6]) for r in rows),
         node_kinds=[f"{r[3]} node(s) of {r[2]} CPUs" + (f", {r[4]}" if r[4] != "(null)" else "")
                     for r in rows],
     )
@@ -133,7 +137,7 @@ def query_partition(partition: Optional[str]) -> PartitionInfo:
 
 def resolve_resources(info: PartitionInfo, *, nodes: int, tasks_per_node: int,
                       gpus_per_node: int, cpus_per_task: Optional[int],
-                      timeout_min: int) -> int:
+                      timeout_min: int, mem_gb: Optional[float] = None) -> int:
     """Check a request against the partition; returns ``cpus_per_task`` (filled when None).
 
     Raises:
@@ -161,6 +165,9 @@ def resolve_resources(info: PartitionInfo, *, nodes: int, tasks_per_node: int,
             f"most {info.cpus_per_node}: the job would stay pending forever (PartitionConfig). "
             f"Lower launcher.cpus_per_task to {max(1, info.cpus_per_node // tasks_per_node)} or "
             f"leave it unset (null) to use what the node has.")
+    if mem_gb and info.memory_mb and mem_gb * 1024 > info.memory_mb:
+        raise LaunchError(f"launcher.mem_gb={mem_gb}: the nodes of {where} have at most "
+                          f"{info.memory_mb / 1024:.0f} GB; lower it or leave it unset (null).")
     if info.time_limit_min is not None and timeout_min > info.time_limit_min:
         raise LaunchError(f"launcher.timeout_min={timeout_min}: {where} allows at most "
                           f"{info.time_limit_min} minutes per job; lower it (the job is requeued "

@@ -96,13 +96,18 @@ class SubmititLauncher:
         for key in ("nodes", "tasks_per_node", "timeout_min"):
             if int(launcher[key]) < 1:
                 raise LaunchError(f"launcher.{key}={launcher[key]}: must be at least 1.")
+        if launcher.gpus_per_node and launcher.tasks_per_node != launcher.gpus_per_node:
+            raise LaunchError(
+                f"launcher.gpus_per_node={launcher.gpus_per_node} with launcher.tasks_per_node="
+                f"{launcher.tasks_per_node}: runs scale as one process per GPU; set "
+                f"launcher.tasks_per_node={launcher.gpus_per_node}.")
         cpus = launcher.cpus_per_task
         if cluster == "slurm":
             info = query_partition(launcher.partition)
             cpus = resolve_resources(info, nodes=launcher.nodes,
                                      tasks_per_node=launcher.tasks_per_node,
                                      gpus_per_node=launcher.gpus_per_node, cpus_per_task=cpus,
-                                     timeout_min=launcher.timeout_min)
+                                     timeout_min=launcher.timeout_min, mem_gb=launcher.mem_gb)
             logger.info("partition %s: %d CPU(s) and %d GPU(s) per node; asking for %d node(s) x "
                         "%d task(s) x %d CPU(s)", info.name, info.cpus_per_node, info.gpus_per_node,
                         launcher.nodes, launcher.tasks_per_node, cpus)

@@ -16,8 +16,8 @@ from albef_plugin.launch.submitit_launcher import (SubmititLauncher, default_sig
                                                    job_config)
 
 PLUGIN = str(Path(__file__).resolve().parent.parent / "plugins" / "launch_toy_plugin.py")
-SINFO_LINES = ["debug*|up|2|1|(null)|infinite", "gpu|up|64|4|gpu:a100:8(S:0-1)|2-00:00:00",
-               "gpu|up|32|2|gpu:v100:4|2-00:00:00", "old|down|8|3|(null)|30:00"]
+SINFO_LINES = ["debug*|up|2|1|(null)|infinite|16000", "gpu|up|64|4|gpu:a100:8(S:0-1)|2-00:00:00|512000",
+               "gpu|up|32|2|gpu:v100:4|2-00:00:00|256000", "old|down|8|3|(null)|30:00|8000"]
 
 
 def _config(tmp_path, *extra):
@@ -56,6 +56,9 @@ def test_requests_no_node_can_grant_fail_with_the_reason():
     with pytest.raises(LaunchError, match="timeout_min=5000.*2880"):
         resolve_resources(gpu, nodes=1, tasks_per_node=1, gpus_per_node=0, cpus_per_task=1,
                           timeout_min=5000)
+    with pytest.raises(LaunchError, match=r"mem_gb=600: .* at most 500 GB"):
+        resolve_resources(gpu, nodes=1, tasks_per_node=1, gpus_per_node=0, cpus_per_task=1,
+                          timeout_min=60, mem_gb=600)
     with pytest.raises(LaunchError, match="not up"):
         resolve_resources(parse_sinfo(SINFO_LINES, "old"), nodes=1, tasks_per_node=1,
                           gpus_per_node=0, cpus_per_task=1, timeout_min=5)
@@ -116,6 +119,7 @@ def test_job_always_resumes_and_a_taken_save_dir_is_refused(tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["launcher.cpus_per_task=4"], "cpus_per_task=4 x launcher.tasks_per_node=1"),
     (["launcher.partition=nope"], "launcher.partition=nope: no such partition .*debug, gpu, old"),
+    (["launcher.gpus_per_node=8", "launcher.partition=gpu"], "one process per GPU; set launcher.tasks_per_node=8"),
     (["launcher.signal_delay_s=900", "launcher.timeout_min=10"], "signal_delay_s=900"),
     (["launcher.slurm_additional_parameters.time=5"], "sets time: use the launcher key"),
 ])
