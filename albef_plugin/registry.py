@@ -25,6 +25,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 
 from fvcore.common.registry import Registry as _FvcoreRegistry
 
+from albef_plugin.errors import UserError
+
 __all__ = [
     "Registry",
     "DuplicateNameError",
@@ -38,7 +40,7 @@ class DuplicateNameError(ValueError):
     """A name (or alias) is already taken in a registry."""
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(UserError, KeyError):
     """A name is not in a registry; the message suggests the closest names."""
 
     def __str__(self) -> str:  # KeyError would repr() the message and quote it

@@ -8,8 +8,8 @@ Each process that does the work (one per GPU under torchrun or SLURM) calls
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -17,6 +17,18 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 logger = logging.getLogger("albef_plugin")
+
+
+class _CurrentStdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is now (a notebook or a test may replace it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D401
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def setup_console_logging(level: str = "info", rank: int = 0) -> None:
@@ -31,7 +43,7 @@ def setup_console_logging(level: str = "info", rank: int = 0) -> None:
     for handler in consoles:  # set up before the rank was known: relabel
         handler.setFormatter(formatter)
     if not consoles:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _CurrentStdoutHandler()
         handler.setFormatter(formatter)
         handler._albef_console = True  # type: ignore[attr-defined]
         root.addHandler(handler)
@@ -107,14 +119,35 @@ def run(opts: Optional[Sequence[str]] = None) -> Any:
     return launcher.launch()
 
 
-def main() -> None:
-    """Console-script entry point (``albef-run``): readable errors instead of tracebacks."""
-    from albef_plugin.config import ConfigError
+def user_error_types() -> tuple:
+    """Exceptions that mean "the user can fix this": one ``error:`` line, exit code 2."""
     from albef_plugin.errors import UserError
-    from albef_plugin.registry import UnknownNameError
+
+    types = [UserError]
+    for module, name in (("albef_plugin.models", "ModelConfigError"),
+                         ("albef_plugin.processors.text", "TokenizerLoadError")):
+        try:  # errors of components that keep their own class (they name key and fix)
+            types.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Console-script entry point (``albef-run``): readable errors instead of tracebacks.
+
+    A user error (bad key or value, missing file, busy save_dir, full disk ...) ends in one
+    ``error: <message>`` line on stderr and exit code 2; a diverged run in its
+    ``error:`` line (naming the last good checkpoint) and exit code 1.
+    """
+    from albef_plugin.errors import USER_ERROR_EXIT_CODE
+    from albef_plugin.trainers.meter import NonFiniteLossError
 
     try:
-        run()
-    except (ConfigError, UnknownNameError, UserError) as exc:
+        run(argv)
+    except user_error_types() as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(USER_ERROR_EXIT_CODE)
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

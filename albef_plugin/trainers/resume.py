@@ -18,10 +18,10 @@ data position, RNG, best metric), ``reset.fp16_scaler``.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Dict, Mapping
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Tuple
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from albef_plugin.distributed import get_world_size, unwrap_model
@@ -123,6 +123,7 @@ def _restore_training_state(trainer: "Trainer", checkpoint: Mapping[str, Any], p
         trainer.meter.load_history_state(checkpoint["loss_history"])
     data = checkpoint["data"]
     _warn_on_changed_data_geometry(trainer, data)
+    _warn_on_changed_training_keys(checkpoint.get("config"), trainer.config)
     trainer.batches.start_at(data["epoch"], data["iteration_in_epoch"])
     if trainer.batches.epoch == data["epoch"]:  # same epoch continues: keep its skip count
         trainer.batches.skipped_in_epoch = int(data.get("skipped_in_epoch", 0))
@@ -142,3 +143,47 @@ def _warn_on_changed_data_geometry(trainer: "Trainer", data: Mapping[str, Any]) 
         logger.warning("the data setup changed since the checkpoint (%s): the data order "
                        "continues approximately, not exactly",
                        ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+
+
+# Keys that do not change what is learned (logging, I/O, where files go, how it is launched).
+_NOT_TRAINING = ("config", "includes", "run_type", "env.", "launcher.", "distributed.",
+                 "evaluation.", "checkpoint.", "training.log_interval",
+                 "training.checkpoint_interval", "training.evaluation_interval",
+                 "training.num_workers", "training.pin_memory", "training.persistent_workers",
+                 "training.tensorboard", "training.progress_bar", "training.plot",
+                 "training.divergence.", "training.early_stop.")
+
+
+def _flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(node, Mapping):
+        flat: Dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat if flat or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+def changed_training_keys(saved: Any, current: Any) -> Dict[str, Tuple[Any, Any]]:
+    """``key -> (saved, now)`` for every key that affects training and differs."""
+    if isinstance(current, DictConfig):
+        current = OmegaConf.to_container(current, resolve=True)
+    old, new = _flatten(saved or {}), _flatten(current or {})
+    missing = object()
+    changed = {}
+    for key in sorted(set(old) | set(new)):
+        if any(key.startswith(p) if p.endswith(".") else key == p for p in _NOT_TRAINING):
+            continue
+        before, after = old.get(key, missing), new.get(key, missing)
+        if before != after:
+            changed[key] = (None if before is missing else before, None if after is missing else after)
+    return changed
+
+
+def _warn_on_changed_training_keys(saved: Any, current: Any) -> None:
+    if not isinstance(saved, Mapping):
+        return
+    changed = changed_training_keys(saved, current)
+    if changed:
+        logger.warning("resuming with a config that differs from the checkpoint's in %d key(s) that "
+                       "affect training: %s", len(changed),
+                       "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))

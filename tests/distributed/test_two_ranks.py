@@ -134,23 +134,24 @@ def _worker(rank, port, out_dir):
         torch.distributed.all_reduce(step["loss"])
         step["loss"] /= WORLD_SIZE
         results["step"] = step
-        torch.manual_seed(0)
-        evaluator = make_retrieval_evaluator()
-        results["retrieval"] = evaluator.evaluate(TinyITMModel(), TinyRetrievalSet(6, 2), "cpu")
+        results["retrieval"] = evaluate_retrieval()
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         destroy_distributed()
 
 
 def make_retrieval_evaluator():
-    from omegaconf import OmegaConf
-
-    from albef_plugin.config.schema import EvaluationConfig
     from albef_plugin.registry import registry
 
-    node = OmegaConf.structured(EvaluationConfig)
-    return registry.get_metric_class("retrieval")(node, num_workers=0, batch_size=4,
-                                                  text_batch_size=5, k_test=3)
+    return registry.get_metric_class("retrieval")({"text_batch_size": 5, "k_test": 3})
+
+
+def evaluate_retrieval():
+    from albef_plugin.metrics import EvalContext
+
+    torch.manual_seed(0)
+    return make_retrieval_evaluator().evaluate(
+        TinyITMModel(), TinyRetrievalSet(6, 2), EvalContext(device="cpu", batch_size=4, num_workers=0))
 
 
 def _free_port():
@@ -212,8 +213,7 @@ def test_distributed_itm_rerank_gives_exactly_the_single_process_metrics(ranks):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch.manual_seed(0)
-        single = make_retrieval_evaluator().evaluate(TinyITMModel(), TinyRetrievalSet(6, 2), "cpu")
+        single = evaluate_retrieval()
     finally:
         torch.set_num_threads(threads)
     assert any(k.startswith("itm_") for k in single)
