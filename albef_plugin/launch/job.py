@@ -1,6 +1,6 @@
 """What runs in each task of a submitit job, and what it does when SLURM stops it.
 
-The job always runs with ``checkpoint.resume=true`` (set at submission): whatever
+A training job always runs with ``checkpoint.resume=true`` (set at submission): whatever
 requeues it (the USR2 handler below, ``scontrol requeue``, an admin, a node failure), it
 continues from ``<save_dir>/current.ckpt``. Only the config travels in the pickle, never a
 model.

@@ -48,10 +48,17 @@ _TYPED_SBATCH_KEYS = {"partition", "account", "qos", "constraint", "time", "node
 
 
 def job_config(config: DictConfig) -> Dict[str, Any]:
-    """The config the job runs with: resolved, plain, and always resuming."""
+    """The config the job runs with: resolved, plain, and resuming when it trains.
+
+    (An evaluation-only job keeps its checkpoint keys: forcing ``resume`` would make it
+    evaluate ``<save_dir>/current.ckpt`` instead of its ``checkpoint.resume_file``.)
+    """
+    from albef_plugin.trainers.build import parse_run_type
+
     plain = OmegaConf.to_container(config, resolve=True)
     assert isinstance(plain, dict)
-    plain["checkpoint"]["resume"] = True
+    if parse_run_type(config.run_type)[0]:
+        plain["checkpoint"]["resume"] = True
     plain["checkpoint"]["overwrite"] = False  # done at submission; a requeue must not clear
     return plain
 

@@ -108,6 +108,10 @@ def test_job_always_resumes_and_a_taken_save_dir_is_refused(tmp_path):
     cfg = _config(tmp_path, "launcher.cluster=local")
     plain = job_config(cfg)
     assert plain["checkpoint"]["resume"] is True and cfg.checkpoint.resume is False
+    # an evaluation-only job evaluates what it was given, not the save_dir's current.ckpt
+    evaluation = _config(tmp_path, "launcher.cluster=local", "run_type=test",
+                         "checkpoint.resume_file=/weights/albef.pth")
+    assert job_config(evaluation)["checkpoint"]["resume"] is False
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "current.ckpt").write_bytes(b"x")
