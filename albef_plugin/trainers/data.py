@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from albef_plugin.trainers.preemption import ignore_stop_signals
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -142,6 +144,7 @@ class SeededSamples(Dataset):
 def _seed_worker(worker_id: int) -> None:
     """Seed ``random``/``numpy`` of a worker from its torch seed (set by the loader generator)."""
     worker_seed = torch.initial_seed() % 2**32
+    ignore_stop_signals()  # USR2/SIGTERM: the main process stops the workers itself
     random.seed(worker_seed)
     np.random.seed(worker_seed)
 
