@@ -9,7 +9,8 @@ once (per process) and the sample is handled by the ``on_unreadable`` policy:
   assume a fixed global batch (queue size divisible by it) and ITM hard-negative
   sampling needs at least two different images per batch.
 - ``"drop"``: ``__getitem__`` returns None and the collate function leaves it out, so the
-  batch is smaller.
+  batch is smaller (the training loop pads it back to full size by repeating its samples,
+  and skips a batch left empty on all ranks together: ``trainers/data.py``).
 - ``"error"``: raise at once (for data you expect to be complete).
 
 Either way the collate function reports how many unreadable files were met in
