@@ -8,12 +8,15 @@ evaluated on the world's test split. The model is shrunk (width 64) so the test 
 import json
 from pathlib import Path
 
+import pytest
+
 from albef_plugin.run import run
 
 DEMO = str(Path(__file__).resolve().parent.parent / "projects/albef/configs/demo/pretrain.yaml")
 NUM_TEST_IMAGES = 100
 
 
+@pytest.mark.slow
 def test_short_demo_pretraining_lifts_zero_shot_recall_far_above_chance(tmp_path):
     save_dir = tmp_path / "save"
     run([f"config={DEMO}", f"env.save_dir={save_dir}", f"env.data_dir={tmp_path / 'data'}",
