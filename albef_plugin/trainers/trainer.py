@@ -26,8 +26,8 @@ from albef_plugin.train_state import TrainState
 from albef_plugin.trainers import resume
 from albef_plugin.trainers.build import build_datasets, build_model, parse_run_type, wrap_model
 from albef_plugin.trainers.checkpointer import Checkpointer
-from albef_plugin.trainers.divergence import DivergenceGuard
 from albef_plugin.trainers.data import EpochBatchIterator, batch_size_of, build_train_loader
+from albef_plugin.trainers.divergence import DivergenceGuard
 from albef_plugin.trainers.evaluation import BestMetricTracker, build_metrics, evaluate_split
 from albef_plugin.trainers.meter import NonFiniteLossError, TrainMeter
 from albef_plugin.trainers.metrics_log import MetricsWriter, attach_file_log, detach_file_log
