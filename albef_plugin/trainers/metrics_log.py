@@ -8,8 +8,9 @@ crash loses nothing already logged. Each record has a ``kind``:
 * ``"eval"``: ``update``, ``epoch``, ``split``, ``<split>/<dataset>/<metric>``...;
 * ``"epoch"``: ``update``, ``epoch`` (the one that ended), ``num_skipped`` in that epoch.
 
-After a resume the file keeps the records of the interrupted run past the checkpoint;
-readers (see ``plots.py``) keep the last record of each ``(kind, update)``.
+On a resume, the records of the interrupted run past the checkpoint are removed first
+(``resume.drop_metrics_after``), so each update is logged once; readers (see ``plots.py``)
+still keep the last record of each ``(kind, update)`` should a file hold repeats.
 """
 from __future__ import annotations
 

@@ -17,7 +17,9 @@ data position, RNG, best metric), ``reset.fp16_scaler``.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Tuple
 
 from omegaconf import DictConfig, OmegaConf
@@ -25,8 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 from albef_plugin.distributed import get_world_size, unwrap_model
 from albef_plugin.models.checkpoints import load_checkpoint
 from albef_plugin.trainers.checkpointer import (CHECKPOINT_FORMAT_VERSION, CheckpointError,
-                                                load_checkpoint_file, load_model_state,
-                                                resolve_resume_file)
+                                                atomic_write, load_checkpoint_file,
+                                                load_model_state, resolve_resume_file)
+from albef_plugin.trainers.metrics_log import METRICS_FILE
 from albef_plugin.trainers.rng import gather_rng_states, restore_rank_rng_state
 
 if TYPE_CHECKING:
@@ -129,6 +132,8 @@ def _restore_training_state(trainer: "Trainer", checkpoint: Mapping[str, Any], p
     restore_rank_rng_state(checkpoint["rng"], int(trainer.config.training.seed))
     trainer.lr_scheduler.step(state.update)
     trainer._last_saved = trainer._last_logged = state.update
+    if trainer.is_main:
+        drop_metrics_after(trainer.save_dir, state.update)
     logger.info("resumed at update %d, epoch %d, iteration %d of %d", state.update, state.epoch,
                 state.iteration_in_epoch, iterations_per_epoch)
 
@@ -185,3 +190,29 @@ def _warn_on_changed_training_keys(saved: Any, current: Any) -> None:
         logger.warning("resuming with a config that differs from the checkpoint's in %d key(s) that "
                        "affect training: %s", len(changed),
                        "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+
+
+def drop_metrics_after(save_dir: str, update: int) -> int:
+    """Remove the records past ``update`` from ``<save_dir>/metrics.jsonl`` (those of an
+    interrupted run beyond the checkpoint it resumes from), so the resumed run logs each
+    update once. A torn last line goes too. Returns how many lines were removed."""
+    path = os.path.join(save_dir, METRICS_FILE)
+    if not os.path.isfile(path):
+        return 0
+    with open(path, encoding="utf-8") as handle:
+        lines = handle.readlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and int(record.get("update", 0) or 0) <= update:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    removed = len(lines) - len(kept)
+    if removed:
+        text = "".join(kept).encode("utf-8")
+        atomic_write(path, lambda handle: handle.write(text), what=METRICS_FILE)
+        logger.info("%s: removed %d record(s) past update %d (logged again by this run)", path,
+                    removed, update)
+    return removed
