@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -59,10 +58,6 @@ def save_resolved_config(cfg: DictConfig) -> Path:
     return path
 
 
-# A requeued job may start before its predecessor's lock is released or goes stale.
-REQUEUE_LOCK_WAIT_S = 120.0
-
-
 def run_job(cfg: DictConfig, *, lock_wait_s: float = 0.0) -> Any:
     """One process's work: join the process group, build the trainer, run ``run_type``.
 
@@ -71,9 +66,7 @@ def run_job(cfg: DictConfig, *, lock_wait_s: float = 0.0) -> Any:
 
     Args:
         lock_wait_s: how long rank 0 waits for another holder of the save_dir lock (a
-            requeued job waits for its predecessor to let go); 0 fails at once, except in
-            a SLURM job that was requeued (``SLURM_RESTART_COUNT`` > 0), which waits
-            ``REQUEUE_LOCK_WAIT_S``.
+            requeued job waits for its predecessor to let go); 0 fails at once.
     """
     from albef_plugin import distributed
     from albef_plugin.plugins import setup_imports
@@ -90,8 +83,6 @@ def run_job(cfg: DictConfig, *, lock_wait_s: float = 0.0) -> Any:
         assert_save_dir_usable(save_dir, resume=checkpoint.resume, overwrite=checkpoint.overwrite)
     distributed.init_distributed(cfg.distributed.backend, cfg.distributed.timeout_minutes)
     setup_console_logging(cfg.env.log_level, distributed.get_rank())
-    if not lock_wait_s and int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
-        lock_wait_s = REQUEUE_LOCK_WAIT_S
     lock = SaveDirLock(save_dir, wait_s=lock_wait_s) if distributed.is_main_process() \
         else contextlib.nullcontext()
     try:
