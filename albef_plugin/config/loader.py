@@ -151,7 +151,8 @@ def merge_checked(base: DictConfig, other: Any, source: str, path_prefix: str = 
         raise ConfigError(f"Unknown config key {full_key!r} (from {source}).{hint}") from None
     except ValidationError as exc:
         full_key = f"{path_prefix}{exc.full_key}"
-        raise ConfigError(f"Invalid value for {full_key!r} (from {source}): {exc.msg}") from None
+        message = str(exc.msg).splitlines()[0]  # omegaconf appends full_key / object_type lines
+        raise ConfigError(f"Invalid value for {full_key!r} (from {source}): {message}") from None
     except OmegaConfBaseException as exc:
         raise ConfigError(f"Cannot merge config from {source}: {exc}") from None
 
@@ -240,9 +241,19 @@ def build_config(opts: Optional[Sequence[str]] = None, *, import_plugins: bool =
                               f"(e.g. env.data_dir=<folder> for ALBEF_DATA_DIR).") from None
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"Cannot resolve an interpolation (${{...}}) of {key}: {first_line}") from None
+    cfg.evaluation.metrics = _checked_metrics(cfg.evaluation.metrics)
     OmegaConf.set_struct(cfg, True)
     validate_config(cfg, model_cls)
     return cfg
+
+
+def _checked_metrics(metrics: Any) -> List[Any]:
+    """``evaluation.metrics`` as ``{type, params}`` entries, each params checked against (and
+    completed from) its metric's ``Config``, so a typo fails here rather than in the job."""
+    import albef_plugin.metrics  # noqa: F401  (the built-in metrics; plugins were imported above)
+    from albef_plugin.metrics.base import parse_metric_specs
+
+    return [{"type": spec.type, "params": spec.params} for spec in parse_metric_specs(metrics)]
 
 
 # ------------------------------------------------------------------------ validation

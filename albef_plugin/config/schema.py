@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 @dataclass
 class EarlyStopConfig:
     enabled: bool = False
-    criteria: str = "val/r_mean"      # any key logged at evaluation
+    criteria: str = "val/r_mean"      # a logged val key, or <split>/<name> (the first dataset's)
     minimize: bool = False
     patience: int = 1000              # in updates without improvement
 
@@ -57,14 +57,17 @@ class TrainingConfig:
 
 @dataclass
 class EvaluationConfig:
-    metrics: List[str] = field(default_factory=lambda: ["retrieval"])
-    batch_size: int = 64               # per process
-    k_test: int = 128                  # candidates re-ranked by ITM
-    itm_rerank: bool = True            # also report ITM re-ranked recalls
-    itm_plus_itc: bool = False         # LAVIS-style score (ITM logit + ITC sim); official: False
-    num_workers: int = 2               # image loader workers during evaluation
-    text_batch_size: int = 256         # captions encoded per call
-    itm_pairs_per_call: int = 512      # image-text pairs per fusion call when re-ranking
+    """What is evaluated and the loader sizes every metric shares.
+
+    ``metrics`` lists registered metrics, each a name (its defaults) or
+    ``{type: <name>, params: {...}}``; the parameters live in the metric's own ``Config``
+    (e.g. ``retrieval``: ``k_test``, ``itm_rerank``; ``accuracy``: ``save_predictions``),
+    checked at start-up (see ``albef_plugin/metrics/base.py``).
+    """
+
+    metrics: List[Any] = field(default_factory=lambda: ["retrieval"])
+    batch_size: int = 64               # samples per evaluation batch, per process
+    num_workers: int = 2               # data-loader workers during evaluation
 
 
 @dataclass
@@ -137,7 +140,10 @@ class LauncherConfig:
 class RootConfig:
     config: Optional[str] = None       # the project YAML (set by the loader)
     includes: List[str] = field(default_factory=list)
-    run_type: str = "train_val"        # train | val | test | train_val | train_test | train_val_test
+    # train | val | test | train_val | train_test | train_val_test. "val" and "test" name split
+    # roles: every split a dataset declares in that role is evaluated (grounding's testA and
+    # testB for "test"); periodic evaluation and best.ckpt use the "val" role.
+    run_type: str = "train_val"
     model: str = "???"
     datasets: str = "???"              # comma-separated dataset builder names
     model_config: Dict[str, Any] = field(default_factory=dict)

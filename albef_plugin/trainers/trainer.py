@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from albef_plugin.distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
+from albef_plugin.metrics.base import EvalContext
 from albef_plugin.metrics.retrieval import format_recall_table
 from albef_plugin.registry import registry
 from albef_plugin.train_state import TrainState
@@ -83,7 +84,7 @@ class Trainer:
 
     def __init__(self, config: Any) -> None:
         self.config = config
-        self.run_training, self.eval_splits = parse_run_type(config.run_type)
+        self.run_training, self.eval_roles = parse_run_type(config.run_type)
         self.state = TrainState()
         self.stop_requested = False
         self._last_logged = self._last_saved = -1
@@ -108,10 +109,14 @@ class Trainer:
 
         self.metrics = build_metrics(cfg.evaluation)
         periodic_eval = self.run_training and training.evaluation_interval > 0 and self.metrics
-        splits = (["train"] if self.run_training else []) + self.eval_splits
-        if periodic_eval and "val" not in splits:
-            splits.append("val")
-        self.datasets = build_datasets(cfg, splits)
+        roles = (["train"] if self.run_training else []) + self.eval_roles
+        if periodic_eval and "val" not in roles:
+            roles.append("val")
+        self.datasets = build_datasets(cfg, roles, required=self.eval_roles if self.metrics else ())
+        self.eval_context = EvalContext(device=self.device, precision=self.precision,
+                                        output_dir=self.save_dir,
+                                        batch_size=int(cfg.evaluation.batch_size),
+                                        num_workers=int(cfg.evaluation.num_workers))
         self.model = build_model(cfg).to(self.device)
         self.best = BestMetricTracker(training.early_stop.criteria, training.early_stop.minimize,
                                       training.early_stop.patience, training.early_stop.enabled)
@@ -160,13 +165,14 @@ class Trainer:
         try:
             if self.run_training:
                 self.train()
-            if self.eval_splits and not self.metrics:
+            if self.eval_roles and not self.metrics:
                 logger.warning("run_type=%s asks for evaluation but evaluation.metrics is empty",
                                self.config.run_type)
-            for split in self.eval_splits if self.metrics else []:
-                if self._last_eval.get(split) == self.state.update:
-                    continue  # the periodic evaluation already covered this update
-                if self.evaluate(split) and self.run_training:
+            for role in self.eval_roles if self.metrics else []:
+                # splits the periodic evaluation already covered at this update are not redone
+                splits = [split for split in self.datasets.splits_with_role(role)
+                          if self._last_eval.get(split) != self.state.update]
+                if splits and self.evaluate(splits) and self.run_training:
                     self.save_checkpoint(current=False, snapshot=False, best=True)
         finally:
             self.close()
@@ -187,9 +193,9 @@ class Trainer:
             if _every(state.update, training.log_interval):
                 self.log_training()
             improved = False
-            if _every(state.update, training.evaluation_interval) and self.metrics \
-                    and "val" in self.datasets.eval:
-                improved = self.evaluate("val")
+            val_splits = self.datasets.splits_with_role("val")
+            if _every(state.update, training.evaluation_interval) and self.metrics and val_splits:
+                improved = self.evaluate(val_splits)
             periodic = _every(state.update, training.checkpoint_interval)
             if periodic or improved:
                 self.save_checkpoint(current=periodic, snapshot=periodic, best=improved)
@@ -219,6 +225,7 @@ class Trainer:
                                state.update + 1)
                 continue
             state.epoch, state.iteration_in_epoch = position
+            state.first_micro_batch = i == with_data[0]  # the model's EMA step: once per update
             state.alpha = self.model.alpha_for(state) if hasattr(self.model, "alpha_for") else None
             with self._gradient_sync(i == with_data[-1]):
                 with get_autocast(self.precision, self.device):
@@ -311,19 +318,28 @@ class Trainer:
         logger.error(message)
         raise NonFiniteLossError(message)
 
-    def evaluate(self, split: str) -> bool:
-        """Evaluate every metric on ``split``; log; True when ``val`` gives a new best."""
-        results = evaluate_split(self.model, split, self.datasets.eval.get(split, {}), self.metrics,
-                                 self.device, self.precision)
-        self.writer.write({"kind": "eval", "split": split, "update": self.state.update,
-                           "epoch": round(self.state.epoch_progress, 4), **results})
-        logger.info("evaluation on %s at update %d: %s", split, self.state.update,
-                    ", ".join(f"{k} {v:.4f}" for k, v in results.items()) or "(no metrics)")
-        table = format_recall_table(results)
-        if table:
-            logger.info("retrieval on %s (R@K in %%):\n%s", split, table)
-        self._last_eval[split] = self.state.update
-        return split == "val" and self.run_training and self.best.observe(results, self.state.update)
+    def evaluate(self, splits: List[str]) -> bool:
+        """Evaluate every metric on each of ``splits`` (one ``eval`` record per split); log.
+
+        Returns True when training and the val-role splits among them give a new best
+        (``training.early_stop.criteria``; an error when it matches nothing reported).
+        """
+        val_results: Dict[str, float] = {}
+        for split in splits:
+            results = evaluate_split(self.model, split, self.datasets.eval.get(split, {}), self.metrics,
+                                     self.eval_context, self.datasets.eval_collate.get(split))
+            self.writer.write({"kind": "eval", "split": split, "update": self.state.update,
+                               "epoch": round(self.state.epoch_progress, 4), **results})
+            logger.info("evaluation on %s at update %d: %s", split, self.state.update,
+                        ", ".join(f"{k} {v:.4f}" for k, v in results.items()) or "(no metrics)")
+            table = format_recall_table(results)
+            if table:
+                logger.info("retrieval on %s (R@K in %%):\n%s", split, table)
+            self._last_eval[split] = self.state.update
+            if self.datasets.roles.get(split) == "val":
+                val_results.update(results)
+        return bool(val_results) and self.run_training and self.best.observe(val_results,
+                                                                             self.state.update)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, *, current: bool = True, snapshot: bool = True, best: bool = False) -> None:
