@@ -297,7 +297,9 @@ class Trainer:
         if update > 0:  # the updates before the first bad one were fine
             self.guard.clean_through = max(self.guard.clean_through, update - 1)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in losses.items()) or "(seen on another rank)"
-        if "recent_median" in losses:
+        if update < 0:
+            reason = "training diverged on another process (NaN/inf or a loss spike there)."
+        elif "recent_median" in losses:
             reason = (f"training diverged at update {update}: {shown} (the total loss is more than "
                       f"training.divergence.loss_spike_factor="
                       f"{self.config.training.divergence.loss_spike_factor:g} x the recent median).")
