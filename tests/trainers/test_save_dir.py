@@ -36,7 +36,9 @@ def test_a_second_fresh_run_is_refused_overwrite_starts_clean_resume_continues(t
     # max_to_keep=1, plus the newest snapshot verified by the next loss (divergence.py)
     assert sorted(os.listdir(tmp_path / "models")) == ["model_2.ckpt", "model_3.ckpt"]
 
+    (tmp_path / "current.ckpt.diverged").write_bytes(b"set aside by a divergence stop")
     run_job(_job(tmp_path, "training.max_updates=2", "checkpoint.overwrite=true"))
+    assert not (tmp_path / "current.ckpt.diverged").exists()
     assert load_ckpt(tmp_path / "current.ckpt")["train_state"]["update"] == 2
     assert [r["update"] for r in read_records(tmp_path, "train")] == [1, 2]
     assert sorted(os.listdir(tmp_path / "models")) == ["model_1.ckpt", "model_2.ckpt"]
