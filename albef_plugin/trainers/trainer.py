@@ -29,8 +29,8 @@ from albef_plugin.train_state import TrainState
 from albef_plugin.trainers import resume
 from albef_plugin.trainers.build import build_datasets, build_model, parse_run_type, wrap_model
 from albef_plugin.trainers.checkpointer import Checkpointer
-from albef_plugin.trainers.divergence import DivergenceGuard
 from albef_plugin.trainers.data import EpochBatchIterator, batch_size_of, build_train_loader
+from albef_plugin.trainers.divergence import DivergenceGuard
 from albef_plugin.trainers.evaluation import BestMetricTracker, build_metrics, evaluate_split
 from albef_plugin.trainers.meter import NonFiniteLossError, TrainMeter
 from albef_plugin.trainers.metrics_log import MetricsWriter, attach_file_log, detach_file_log
@@ -326,7 +326,9 @@ class Trainer:
         if update > 0:  # the updates before the first bad one were fine
             self.guard.clean_through = max(self.guard.clean_through, update - 1)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in losses.items()) or "(seen on another rank)"
-        if "recent_median" in losses:
+        if update < 0:
+            reason = "training diverged on another process (NaN/inf or a loss spike there)."
+        elif "recent_median" in losses:
             reason = (f"training diverged at update {update}: {shown} (the total loss is more than "
                       f"training.divergence.loss_spike_factor="
                       f"{self.config.training.divergence.loss_spike_factor:g} x the recent median).")
