@@ -116,13 +116,12 @@ class _TinyEvalSet(torch.utils.data.Dataset):
 
 
 def test_retrieval_evaluation_runs_on_albef_retrieval(retrieval_model):
-    from albef_plugin.metrics import RetrievalEvaluator
-    from albef_plugin.metrics.base import EvalContext
+    from albef_plugin.metrics import EvalContext, RetrievalEvaluator
 
     dataset = _TinyEvalSet(retrieval_model.visual_encoder.image_size)
     queue = retrieval_model.image_queue.clone()
     evaluator = RetrievalEvaluator({"k_test": 8})
-    context = EvalContext(device="cpu", batch_size=2, num_workers=0)
+    context = EvalContext(device="cpu", num_workers=0, batch_size=2)
     metrics = evaluator.evaluate(retrieval_model.train(), dataset, context)
     assert {"itc_r_mean", "itm_r_mean", "itm_txt_r1", "itm_img_r1"} <= set(metrics)
     assert all(0.0 <= v <= 100.0 for v in metrics.values())
