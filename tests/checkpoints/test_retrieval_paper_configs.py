@@ -46,9 +46,9 @@ def test_paper_configs_resolve_to_the_official_values(monkeypatch, name, epochs,
     assert cfg.scheduler.type == "albef_official"
     assert dict(cfg.scheduler.params) == {"epochs": epochs, "min_lr": 1e-6, "warmup_lr": 1e-5,
                                           "warmup_units": 1, "iterations_per_unit": 100}
-    (retrieval,) = cfg.evaluation.metrics
-    assert retrieval.type == "retrieval"
-    assert (retrieval.params.k_test, retrieval.params.itm_plus_itc) == (k_test, False)
+    (metric,) = cfg.evaluation.metrics
+    assert metric.type == "retrieval" and cfg.evaluation.batch_size == 64
+    assert (metric.params.k_test, metric.params.itm_plus_itc) == (k_test, False)
     assert list(data.annotations.train) == [train_file]
     text = data.processors.text.params
     assert (text.max_length, text.add_sep) == (30, False)
