@@ -6,6 +6,8 @@ Registered builders (``registry.get_builder_class(name)``):
 - ``albef_retrieval_json``: official re_train (train) + re_eval (val / test)
 - ``demo_pretrain`` / ``synthetic_pretrain``: the same on the generated synthetic world
 - ``demo_retrieval`` / ``synthetic_retrieval``
+- ``albef_ve_json`` / ``albef_nlvr2_json``: SNLI-VE / NLVR2 official JSON (train / val / test)
+- ``demo_ve`` / ``demo_nlvr2``: the same on the synthetic world's task files
 
 Batch contract: see :mod:`albef_plugin.datasets.collate`.
 """
@@ -19,11 +21,14 @@ from albef_plugin.datasets.images import UnreadableImageError, read_rgb
 from albef_plugin.datasets.pretrain import PretrainDataset
 from albef_plugin.datasets.retrieval import RetrievalEvalDataset, RetrievalTrainDataset
 from albef_plugin.datasets.synthetic import DemoPretrainBuilder, DemoRetrievalBuilder
+from albef_plugin.datasets.ve_nlvr_builders import (DemoNLVR2Builder, DemoVEBuilder, NLVR2JsonBuilder,
+                                                   VEJsonBuilder)
 
 __all__ = [
     "BaseDatasetBuilder", "ProcessorSpec", "ProcessorsConfig", "SplitFilesConfig", "JsonDatasetConfig",
     "JsonImageTextBuilder", "PretrainJsonBuilder", "RetrievalJsonBuilder", "DemoPretrainBuilder",
     "DemoRetrievalBuilder", "PretrainDataset", "RetrievalTrainDataset", "RetrievalEvalDataset",
     "ImageTextCollate", "EvalImageCollate", "AnnotationError", "load_annotations",
-    "UnreadableImageError", "read_rgb",
+    "UnreadableImageError", "read_rgb", "VEJsonBuilder", "NLVR2JsonBuilder", "DemoVEBuilder",
+    "DemoNLVR2Builder",
 ]

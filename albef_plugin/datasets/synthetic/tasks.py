@@ -22,10 +22,13 @@ import numpy as np
 from albef_plugin.datasets.synthetic.world import COLOURS, SHAPES, SPLIT_CODES
 
 __all__ = ["emit_vqa", "emit_nlvr2", "emit_snli_ve", "emit_grounding", "emit_all",
-           "NLVR2_TEMPLATES", "VE_TEMPLATES"]
+           "NLVR2_TEMPLATES", "VE_TEMPLATES", "TASKS_VERSION", "ensure_task_files"]
 
 Scenes = Sequence[Dict[str, Any]]
 _EMIT_STREAM = 7  # separates these draws from the scene generator's
+# Bump when any emitted file changes (templates, labels, pairing): files of an older version
+# are rewritten by ensure_task_files instead of being reused.
+TASKS_VERSION = 2
 
 
 def _rng(scene: Dict[str, Any], task: int) -> np.random.Generator:
@@ -271,3 +274,30 @@ def emit_all(scenes: Scenes, world: Union[str, Path]) -> List[Path]:
     """Write every task's files; returns their paths."""
     return [path for emit in (emit_vqa, emit_nlvr2, emit_snli_ve, emit_grounding)
             for path in emit(scenes, world)]
+
+
+_EMITTERS = {"vqa": emit_vqa, "nlvr2": emit_nlvr2, "snli_ve": emit_snli_ve,
+             "grounding": emit_grounding}
+
+
+def ensure_task_files(world: Union[str, Path], task: str) -> Path:
+    """Write ``task``'s files into ``<world>/tasks`` unless they are there from this
+    :data:`TASKS_VERSION`; returns the ``tasks`` folder. Main rank only (like ``prepare``).
+
+    A marker ``tasks/<task>.done`` holding the version is written after the files, so an
+    interrupted write or an older generator's files are redone.
+    """
+    if task not in _EMITTERS:
+        raise ValueError(f"unknown synthetic task {task!r}; known: {', '.join(_EMITTERS)}")
+    from albef_plugin.datasets.synthetic.generate import load_scenes
+
+    folder = Path(world) / "tasks"
+    marker = folder / f"{task}.done"
+    try:
+        if json.loads(marker.read_text(encoding="utf-8")).get("version") == TASKS_VERSION:
+            return folder
+    except (OSError, ValueError, AttributeError):
+        pass
+    _EMITTERS[task](load_scenes(world), world)
+    _write(folder, marker.name, {"version": TASKS_VERSION})
+    return folder
