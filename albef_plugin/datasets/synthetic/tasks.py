@@ -270,12 +270,6 @@ def emit_grounding(scenes: Scenes, world: Union[str, Path]) -> List[Path]:
     return written
 
 
-def emit_all(scenes: Scenes, world: Union[str, Path]) -> List[Path]:
-    """Write every task's files; returns their paths."""
-    return [path for emit in (emit_vqa, emit_nlvr2, emit_snli_ve, emit_grounding)
-            for path in emit(scenes, world)]
-
-
 _EMITTERS = {"vqa": emit_vqa, "nlvr2": emit_nlvr2, "snli_ve": emit_snli_ve,
              "grounding": emit_grounding}
 
@@ -298,6 +292,16 @@ def ensure_task_files(world: Union[str, Path], task: str) -> Path:
             return folder
     except (OSError, ValueError, AttributeError):
         pass
-    _EMITTERS[task](load_scenes(world), world)
-    _write(folder, marker.name, {"version": TASKS_VERSION})
+    _emit_with_marker(task, load_scenes(world), world)
     return folder
+
+
+def _emit_with_marker(task: str, scenes: Scenes, world: Union[str, Path]) -> List[Path]:
+    written = _EMITTERS[task](scenes, world)
+    _write(Path(world) / "tasks", f"{task}.done", {"version": TASKS_VERSION})
+    return written
+
+
+def emit_all(scenes: Scenes, world: Union[str, Path]) -> List[Path]:
+    """Write every task's files (and their version markers); returns the files' paths."""
+    return [path for task in _EMITTERS for path in _emit_with_marker(task, scenes, world)]
