@@ -7,8 +7,9 @@
   ``tasks/nlvr2_*.json``, written by ``prepare()`` next to the world's images.
 
 Splits: train, val, test. Training uses the train image augmentation and the configured
-``on_unreadable`` policy; val / test use the eval transform and *drop* (and count) an entry
-whose image is unreadable, so no entry is scored twice (``error`` stays an error).
+``on_unreadable`` policy (a batch that lost entries is padded back to size by repeating its
+readable ones); val / test use the eval transform and *drop* (and count) an entry whose image
+is unreadable, without padding, so no entry is scored twice (``error`` stays an error).
 
 Config layout (shared with the retrieval builders, :class:`JsonDatasetConfig`)::
 
@@ -44,14 +45,14 @@ class _LabelledJsonBuilder(JsonImageTextBuilder):
 
     def build(self, split: str) -> Dataset:
         policy = self.config.on_unreadable
-        if split != "train" and policy != "error":
+        if self.split_role(split) != "train" and policy != "error":
             policy = "drop"
         return type(self).load_dataset(self.annotation_files(split), self.image_root(),
                                        self.image_processor(split), on_unreadable=policy)
 
     def collate_fn(self, split: str) -> Callable[[List[Any]], Any]:
-        self.check_split(split)
-        return LabelledImagesCollate(self.text_processor, self.image_keys)
+        return LabelledImagesCollate(self.text_processor, self.image_keys,
+                                     pad_dropped=self.split_role(split) == "train")
 
 
 @registry.register_builder("albef_ve_json")
