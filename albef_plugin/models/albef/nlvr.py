@@ -20,29 +20,54 @@ pre-training BERT the pairs are made from (12 / 6 at paper size).
 State-dict keys are the official ones: ``text_encoder.encoder.layer.0-17.*`` (the shared key /
 value tensors listed under both layer indices of a pair), ``cls_head.{0,2}``, the ``_m``
 copies; TA: ``vision_proj``, ``ta_head``.
+
+Loading (per source, as the official scripts):
+  * a pre-training checkpoint (``ALBEF.pth`` or ours): ``bert.`` stripped, fusion layer ``f+i``
+    copied into both blocks ``f+2i`` and ``f+2i+1`` of its pair (``Pretrain_nlvr.py``), the
+    pre-training heads left unused; ``albef_nlvr_ta`` keeps ``vision_proj`` (it picks the
+    negatives) and starts ``ta_head`` fresh;
+  * the TA checkpoint ``pretrain_model_nlvr.pth`` into ``albef_nlvr``: ``ta_head``,
+    ``vision_proj``, ``text_proj``, ``temp`` unused, ``cls_head`` fresh. The file has no momentum
+    copies. The official ``NLVR.py`` copies the online weights into the momentum model *before*
+    loading it, so the momentum model starts from the fresh initialisation (BERT / random ViT)
+    and only catches up through the EMA (0.995 per step: hundreds of steps of a meaningless
+    distillation target). Here the momentum copies are initialised from the loaded online
+    weights after the load; ``official_momentum_init: true`` restores the official order;
+  * the official NLVR2 ``state_dict()`` (LAVIS ``albef_nlvr_lavis.pt``), with the shared key /
+    value tensors under both layer indices of each pair, and our checkpoints: key for key.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from albef_plugin.models.albef.base import ALBEFBase
 from albef_plugin.models.albef.components import (ImageEncoderConfig, TextEncoderConfig,
-                                                  bert_config_from, build_visual_encoder)
-from albef_plugin.models.albef.ve import TaskModelConfig, _ClassifierBase, classifier_head
-from albef_plugin.models.base import BaseModel, packaged_model_yaml
+                                                  bert_config_from)
+from albef_plugin.models.albef.ve import (NEW_CLASSIFIER_HEAD, PRETRAIN_PARTS_UNUSED,
+                                          ALBEFClassifier, ClassifierConfig)
 from albef_plugin.models.bert import BertModel, attention_mask_for_sdpa
+from albef_plugin.models.checkpoints.filters import (LAYOUT_TEXT_PLAIN, LAYOUT_TEXT_WITH_MLM_HEAD,
+                                                     STRIP_BERT_PREFIX, CheckpointFilter,
+                                                     duplicate_fusion_layers)
 from albef_plugin.registry import registry
 from albef_plugin.train_state import TrainState
 
 __all__ = ["ALBEFNLVR", "ALBEFNLVRTextAssignment", "build_paired_text_encoder", "paired_fusion",
            "paired_depth", "TA_TEMPERATURE"]
 
-TA_TEMPERATURE = 0.07  # fixed in the official TA code (not the learnable ITC temp)
+TA_TEMPERATURE = 0.07  # fixed in the official TA code (not a learnable temperature)
+TA_FILE_UNUSED: Tuple[Tuple[str, str], ...] = (
+    (r"^ta_head\.", "text-assignment head of the TA checkpoint: NLVR2 fine-tuning has none"),
+    (r"^(vision_proj|text_proj)\.", "TA checkpoint projection: unused by NLVR2 fine-tuning"),
+    (r"^temp$", "TA checkpoint temperature: unused by NLVR2 fine-tuning"),
+)
 
 
 def paired_depth(num_hidden_layers: int, fusion_layer: int) -> int:
@@ -84,74 +109,107 @@ def paired_fusion(bert: BertModel, input_ids: torch.Tensor, attention_mask: torc
     return hidden
 
 
-def _paired_image_embeds(visual_encoder: nn.Module, image0: torch.Tensor, image1: torch.Tensor
-                         ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Both images through the ViT in one batch, then split."""
-    embeds = visual_encoder(torch.cat([image0, image1]))
-    return embeds[: image0.shape[0]], embeds[image0.shape[0]:]
+def _file_layers(state: Mapping[str, torch.Tensor], prefix: str = "text_encoder.encoder.") -> int:
+    pattern = re.compile(re.escape(prefix) + r"layer\.(\d+)\.")
+    found = [int(m.group(1)) for k in state if (m := pattern.match(k))]
+    return max(found) + 1 if found else 0
+
+
+class _PairedFusionMixin:
+    """The paired BERT, and the filter rows that turn a pre-training file's fusion layers into
+    pairs (only when the file has the pre-training depth, not already the paired one)."""
+
+    pretrain_layers: int
+    fusion_layer: int
+
+    def build_text_encoder(self, cfg: Any) -> nn.Module:
+        self.pretrain_layers = int(cfg.text_encoder.num_hidden_layers)
+        self.fusion_layer = int(cfg.text_encoder.fusion_layer)
+        return build_paired_text_encoder(cfg.text_encoder, self.vision_width)
+
+    def _duplicate_pairs(self, state: Dict[str, torch.Tensor],
+                         prefixes: Tuple[str, ...]) -> Dict[str, torch.Tensor]:
+        for prefix in prefixes:
+            if _file_layers(state, prefix) == self.pretrain_layers:
+                state = duplicate_fusion_layers(state, prefix, self.fusion_layer,
+                                                self.pretrain_layers - self.fusion_layer)
+        return state
 
 
 @dataclass
-class NLVRConfig(TaskModelConfig):
+class NLVRConfig(ClassifierConfig):
     alpha_ramp_epochs: float = 1.0  # official NLVR: warm_up True (alpha ramps over epoch 0)
-    # The official NLVR.py copies the online weights into the momentum model *before* loading
-    # the TA checkpoint, which has no momentum copies: the momentum model then starts from the
-    # fresh (BERT / random) initialisation and only catches up through the EMA. False (the fix):
-    # a checkpoint without momentum copies initialises them from its online weights.
+    # True reproduces the official NLVR.py order: a checkpoint without momentum copies (the TA
+    # checkpoint) leaves the momentum model at its construction-time weights. False (the fix):
+    # the momentum copies start from the loaded online weights. See the module docstring.
     official_momentum_init: bool = False
 
 
 @registry.register_model("albef_nlvr")
-class ALBEFNLVR(_ClassifierBase):
+class ALBEFNLVR(_PairedFusionMixin, ALBEFClassifier):
     """NLVR2 classifier; see the module docstring."""
 
     Config = NLVRConfig
     num_classes = 2
-    _name = "albef_nlvr"
+    required_batch_keys = (("image0", "[B,3,H,W]"), ("image1", "[B,3,H,W]"),
+                           ("input_ids", "[B,L]"), ("attention_mask", "[B,L]"))
 
-    @classmethod
-    def config_path(cls) -> Optional[str]:
-        return packaged_model_yaml("albef_nlvr")
+    def read_config(self, cfg: Any) -> None:
+        super().read_config(cfg)
+        self.keep_momentum_init_when_absent = bool(cfg.official_momentum_init)
 
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
-        cfg = self.config
-        self.official_momentum_init = bool(cfg.official_momentum_init)
-        self.visual_encoder = build_visual_encoder(cfg.image_encoder)
-        self.text_encoder = build_paired_text_encoder(cfg.text_encoder, cfg.image_encoder.width)
-        self.cls_head = classifier_head(cfg.text_encoder.hidden_size, self.num_classes)
-        self._build_momentum()
-        if cfg.gradient_checkpointing:
-            self.set_grad_checkpointing(True)
-        self._load_configured_weights()
+    @property
+    def checkpoint_filters(self) -> Dict[str, CheckpointFilter]:  # type: ignore[override]
+        pairs = lambda state: self._duplicate_pairs(  # noqa: E731
+            state, ("text_encoder.encoder.", "text_encoder_m.encoder."))
+        return {
+            # ALBEF.pth / ours: fusion layers duplicated into pairs (official Pretrain_nlvr.py)
+            LAYOUT_TEXT_WITH_MLM_HEAD: CheckpointFilter(
+                renames=STRIP_BERT_PREFIX, remap=pairs, unused=PRETRAIN_PARTS_UNUSED,
+                absent=NEW_CLASSIFIER_HEAD),
+            # the official NLVR2 state_dict() (LAVIS albef_nlvr_lavis.pt) and ours
+            LAYOUT_TEXT_PLAIN: CheckpointFilter(),
+        }
+
+    def checkpoint_filter(self, state: Mapping[str, torch.Tensor]
+                          ) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+        if "ta_head.weight" in state:  # pretrain_model_nlvr.pth (or an albef_nlvr_ta checkpoint)
+            return CheckpointFilter(unused=TA_FILE_UNUSED, absent=NEW_CLASSIFIER_HEAD).apply(
+                state, self.state_dict().keys())
+        return super().checkpoint_filter(state)
 
     def classify(self, image0: torch.Tensor, image1: torch.Tensor, input_ids: torch.Tensor,
                  attention_mask: torch.Tensor, momentum: bool = False) -> torch.Tensor:
-        """Logits ``[B, 2]`` (index 1 = "True") of the online (or momentum) model."""
+        """Logits ``[B, 2]`` (index 1 = "True") of the online (or momentum) model; both images
+        go through the ViT in one batch."""
         suffix = "_m" if momentum else ""
-        embeds0, embeds1 = _paired_image_embeds(getattr(self, "visual_encoder" + suffix),
-                                                image0, image1)
+        embeds = getattr(self, "visual_encoder" + suffix)(torch.cat([image0, image1]))
         hidden = paired_fusion(getattr(self, "text_encoder" + suffix), input_ids, attention_mask,
-                               embeds0, embeds1)
+                               embeds[: image0.shape[0]], embeds[image0.shape[0]:])
         return getattr(self, "cls_head" + suffix)(hidden[:, 0])
 
     def forward(self, batch: Dict[str, Any],
                 train_state: Optional[TrainState] = None) -> Dict[str, Any]:
-        """``{"logits": [B, 2], "losses": {"ce"} (with labels), "metrics": {"accuracy"}}``.
+        """``{"logits": [B, 2], "losses": {"ce"} (with labels), "alpha", "metrics": {"accuracy"}}``.
 
         Batch: ``image0``, ``image1`` ``[B, 3, H, W]`` (left, right), ``input_ids [B, L]``,
         ``attention_mask [B, L]``, optional ``label [B]`` (1 = "True").
         """
-        self._require(batch, ("image0", "image1", "input_ids", "attention_mask"),
-                      "image0 and image1 [B,3,H,W], input_ids [B,L], attention_mask [B,L]")
-        args = (batch["image0"], batch["image1"], batch["input_ids"], batch["attention_mask"])
-        logits = self.classify(*args)
-        return self._outputs(logits, batch, train_state, lambda: self.classify(*args, momentum=True))
+        self._check_batch(batch)
+        return self.classifier_outputs(batch, train_state, (
+            batch["image0"], batch["image1"], batch["input_ids"], batch["attention_mask"]))
+
+    def dummy_batch(self, batch_size: int = 4, seed: int = 0) -> Dict[str, torch.Tensor]:
+        batch = super().dummy_batch(batch_size, seed)
+        del batch["image_id"]
+        image = batch.pop("image")
+        batch["image0"], batch["image1"] = image, torch.roll(image, 1, dims=0)
+        return self._with_labels(batch, seed)
 
 
 @dataclass
 class NLVRTAConfig:
-    image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)  # 256 px
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     embed_dim: int = 256                # vision_proj output (from the pre-training checkpoint)
     single_negative_probability: float = 2 / 3  # else two negatives, label 2 ("neither")
@@ -161,35 +219,48 @@ class NLVRTAConfig:
 
 
 @registry.register_model("albef_nlvr_ta")
-class ALBEFNLVRTextAssignment(BaseModel):
+class ALBEFNLVRTextAssignment(_PairedFusionMixin, ALBEFBase):
     """Text-assignment pre-training for NLVR2; see the module docstring."""
 
     Config = NLVRTAConfig
+    use_queues = False
+    momentum_children = ()
     # used without gradient by design: picks the hard negatives under no_grad
-    params_without_grad: Tuple[str, ...] = ("vision_proj.",)
+    params_without_grad = (r"^vision_proj\.",)
+
+    def read_config(self, cfg: Any) -> None:
+        self.vision_width = int(cfg.image_encoder.width)
+        self.hidden_size = int(cfg.text_encoder.hidden_size)
+        self.embed_dim = int(cfg.embed_dim)
+        self.single_negative_probability = float(cfg.single_negative_probability)
+
+    def build_heads(self, cfg: Any) -> None:
+        self.vision_proj = nn.Linear(self.vision_width, self.embed_dim)
+        self.ta_head = nn.Linear(self.hidden_size, 3)
 
     @classmethod
-    def config_path(cls) -> Optional[str]:
-        return packaged_model_yaml("albef_nlvr_ta")
+    def tiny_overrides(cls) -> Dict[str, Any]:
+        overrides = super().tiny_overrides()
+        del overrides["queue_size"]
+        return overrides
 
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
-        cfg = self.config
-        self.single_negative_probability = float(cfg.single_negative_probability)
-        self.visual_encoder = build_visual_encoder(cfg.image_encoder)
-        self.text_encoder = build_paired_text_encoder(cfg.text_encoder, cfg.image_encoder.width)
-        self.vision_proj = nn.Linear(cfg.image_encoder.width, cfg.embed_dim)
-        self.ta_head = nn.Linear(cfg.text_encoder.hidden_size, 3)
-        if cfg.gradient_checkpointing:
-            self.visual_encoder.set_grad_checkpointing(True)
-            self.text_encoder.set_grad_checkpointing(True)
-        from albef_plugin.models.checkpoints import load_checkpoint
-        from albef_plugin.models.pretrained import load_initial_weights
-        load_initial_weights(self, cfg.image_encoder.pretrained, cfg.text_encoder.pretrained,
-                             allow_unsafe_pickle=bool(cfg.allow_unsafe_pickle))
-        if cfg.checkpoint:
-            load_checkpoint(self, cfg.checkpoint, strict=True,
-                            allow_unsafe_pickle=bool(cfg.allow_unsafe_pickle))
+    @property
+    def checkpoint_filters(self) -> Dict[str, CheckpointFilter]:  # type: ignore[override]
+        return {
+            # ALBEF.pth / ours (official Pretrain_nlvr.py): pairs from the fusion layers; the
+            # momentum model, MLM head, text projection, ITM head and queues are not used
+            LAYOUT_TEXT_WITH_MLM_HEAD: CheckpointFilter(
+                renames=STRIP_BERT_PREFIX,
+                remap=lambda state: self._duplicate_pairs(state, ("text_encoder.encoder.",)),
+                unused=((r"^[a-z_]+_m\.", "momentum model: text assignment has none"),
+                        *[row for row in PRETRAIN_PARTS_UNUSED if "vision_proj" not in row[0]],
+                        (r"^text_proj\.", "ITC text projection: unused by text assignment")),
+                absent=((r"^ta_head\.", "the new text-assignment head: initialised fresh"),)),
+            # pretrain_model_nlvr.pth and ours
+            LAYOUT_TEXT_PLAIN: CheckpointFilter(
+                unused=((r"^(text_proj\.|temp$)",
+                         "held by the official TA model but never used by it"),)),
+        }
 
     @torch.no_grad()
     def negative_weights(self, image_embeds: torch.Tensor) -> torch.Tensor:
@@ -231,14 +302,11 @@ class ALBEFNLVRTextAssignment(BaseModel):
         Batch: ``image [B, 3, H, W]``, ``input_ids [B, L]``, ``attention_mask [B, L]`` (the
         pre-training format); needs at least two images.
         """
-        missing = [k for k in ("image", "input_ids", "attention_mask") if k not in batch]
-        if missing:
-            raise KeyError(f"albef_nlvr_ta batch is missing {missing}; it needs image [B,3,H,W], "
-                           f"input_ids [B,L], attention_mask [B,L]. Got keys {sorted(batch)}")
+        self._check_batch(batch)
         image = batch["image"]
         if image.shape[0] < 2:
             raise ValueError("albef_nlvr_ta needs at least 2 images per batch to draw negatives; "
-                             "raise the batch size (or drop_last the final batch).")
+                             "raise the batch size (the training loader drops the last batch).")
         image_embeds = self.visual_encoder(image)
         slot0, slot1, labels = self.sample_assignment(self.negative_weights(image_embeds))
         logits = self.assign(image_embeds, batch["input_ids"], batch["attention_mask"], slot0, slot1)

@@ -1,35 +1,40 @@
-"""ALBEF for SNLI-VE (visual entailment): ``albef_ve``.
+"""ALBEF for SNLI-VE (visual entailment): ``albef_ve``, the official ``models/model_ve.py``.
 
-Official ``models/model_ve.py`` (fact sheet 2.4): the 12-layer BERT runs over the hypothesis,
-its layers ``>= fusion_layer`` cross-attending to the image tokens; ``cls_head`` (Linear,
-ReLU, Linear) maps the last [CLS] to 3 classes (entailment 2, neutral 1, contradiction 0).
-Training loss: ``(1 - alpha) * CE + alpha * soft-CE`` against the momentum model's softmax,
-with alpha 0.4 from the first step (the official VE config has no warm-up ramp).
+The 12-layer BERT runs over the hypothesis, its layers ``>= fusion_layer`` cross-attending to
+the image tokens; ``cls_head`` (Linear, ReLU, Linear) maps the last [CLS] to 3 classes
+(entailment 2, neutral 1, contradiction 0). Training loss: ``(1 - alpha) * CE + alpha *
+soft-CE`` against the momentum model's softmax, alpha 0.4 from the first step (the official
+VE config has no warm-up ramp). Fact sheet 2.4.
 
-Attribute names are the official ones, so ``state_dict()`` keys are the official VE layout:
+Attribute names are the official ones, so ``state_dict()`` is the official VE layout:
 ``visual_encoder.*``, ``text_encoder.{embeddings,encoder}.*``, ``cls_head.{0,2}.*`` and the
 momentum copies ``visual_encoder_m.*``, ``text_encoder_m.*``, ``cls_head_m.*``.
+
+Loading: a pre-training checkpoint (``ALBEF.pth`` or ours) has ``text_encoder.bert.`` stripped,
+its MLM head, projections, ITM head, temperature and queues left unused, and the new
+``cls_head`` (and ``cls_head_m``) initialised fresh; its momentum encoders load into ours (as
+the official VE.py). The official code's own VE ``state_dict()`` (LAVIS
+``albef_snli_ve_lavis.pt``) loads key for key; any other fine-tuned layout is refused by
+``strict=True`` with the list of differing keys.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from albef_plugin.models.albef.components import (ImageEncoderConfig, TextEncoderConfig,
-                                                  build_text_encoder, build_visual_encoder)
-from albef_plugin.models.base import BaseModel, packaged_model_yaml
-from albef_plugin.models.momentum import make_momentum_copy, momentum_update, paired_parameters
+from albef_plugin.models.albef.base import ALBEFBase, Alpha
+from albef_plugin.models.albef.components import ImageEncoderConfig, TextEncoderConfig
+from albef_plugin.models.checkpoints.filters import (LAYOUT_TEXT_PLAIN, LAYOUT_TEXT_WITH_MLM_HEAD,
+                                                     STRIP_BERT_PREFIX, CheckpointFilter)
 from albef_plugin.registry import registry
 from albef_plugin.train_state import TrainState
 
-__all__ = ["ALBEFVisualEntailment", "classifier_head", "distilled_cross_entropy",
-           "TaskModelConfig"]
-
-Alpha = Union[float, torch.Tensor]
+__all__ = ["ALBEFClassifier", "ALBEFVisualEntailment", "ClassifierConfig", "classifier_head",
+           "distilled_cross_entropy", "PRETRAIN_PARTS_UNUSED", "NEW_CLASSIFIER_HEAD"]
 
 
 def classifier_head(hidden: int, classes: int) -> nn.Sequential:
@@ -39,7 +44,7 @@ def classifier_head(hidden: int, classes: int) -> nn.Sequential:
 
 def distilled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
                             logits_m: Optional[torch.Tensor], alpha: Alpha) -> torch.Tensor:
-    """``(1 - alpha) * CE(logits, labels) + alpha * mean_b(-sum_c softmax(logits_m) log_softmax(logits))``;
+    """``(1 - alpha) CE(logits, labels) + alpha mean_b(-sum_c softmax(logits_m) log_softmax(logits))``;
     plain CE without a teacher."""
     loss = F.cross_entropy(logits, labels)
     if logits_m is None:
@@ -48,11 +53,23 @@ def distilled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     return (1 - alpha) * loss + alpha * soft
 
 
-@dataclass
-class TaskModelConfig:
-    """What the ALBEF classification models (VE, NLVR2) share."""
+# Parts of a pre-training checkpoint the classification models do not have (after renaming).
+PRETRAIN_PARTS_UNUSED: Tuple[Tuple[str, str], ...] = (
+    (r"^text_encoder(_m)?\.cls\.", "MLM head of the pre-training checkpoint: unused by this task"),
+    (r"^(vision_proj|text_proj)(_m)?\.", "ITC projection of the pre-training checkpoint: unused"),
+    (r"^(itm_head\.|temp$)", "ITM head / ITC temperature of the pre-training checkpoint: unused"),
+    (r"^(image_queue|text_queue|idx_queue|queue_ptr)$", "ITC queue: this task has none"),
+)
+NEW_CLASSIFIER_HEAD: Tuple[Tuple[str, str], ...] = (
+    (r"^cls_head(_m)?\.", "the task's new classifier head: initialised fresh"),)
 
-    image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+
+@dataclass
+class ClassifierConfig:
+    """What the ALBEF classification models (SNLI-VE, NLVR2) read."""
+
+    # official fine-tuning resolution (pre-training checkpoints are resampled from 256 px)
+    image_encoder: ImageEncoderConfig = field(default_factory=lambda: ImageEncoderConfig(image_size=384))
     # the pre-training BERT: layers [0, fusion_layer) text, [fusion_layer, N) fusion
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     distill: bool = True               # momentum model + soft-CE against its head
@@ -65,113 +82,83 @@ class TaskModelConfig:
     allow_unsafe_pickle: bool = False  # trusted files only
 
 
-class _ClassifierBase(BaseModel):
-    """Momentum pairs, alpha and checkpoint loading shared by the VE and NLVR2 models."""
+class ALBEFClassifier(ALBEFBase):
+    """``cls_head`` on the fusion [CLS], distilled from a momentum copy (VE and NLVR2)."""
 
+    Config = ClassifierConfig
     num_classes: int = 2
+    use_queues = False
+    momentum_children = ("visual_encoder", "text_encoder", "cls_head")
 
-    def _build_momentum(self) -> None:
-        self.distill = bool(self.config.distill)
-        self.momentum = float(self.config.momentum)
-        self._alpha = float(self.config.alpha)
-        self._alpha_ramp = float(self.config.alpha_ramp_epochs)
-        if self.distill:
-            self.visual_encoder_m = make_momentum_copy(self.visual_encoder)
-            self.text_encoder_m = make_momentum_copy(self.text_encoder)
-            self.cls_head_m = make_momentum_copy(self.cls_head)
-        self._momentum_params: Optional[Tuple[list, list]] = None
-
-    def _load_configured_weights(self) -> None:
-        from albef_plugin.models.checkpoints import load_checkpoint
-        from albef_plugin.models.pretrained import load_initial_weights
-
-        cfg = self.config
-        load_initial_weights(self, cfg.image_encoder.pretrained, cfg.text_encoder.pretrained,
-                             allow_unsafe_pickle=bool(cfg.allow_unsafe_pickle))
-        if cfg.checkpoint:
-            load_checkpoint(self, cfg.checkpoint, strict=True,
-                            allow_unsafe_pickle=bool(cfg.allow_unsafe_pickle))
-
-    def alpha_for(self, state: Optional[TrainState]) -> float:
-        if state is None or self._alpha_ramp <= 0:
-            return self._alpha
-        return self._alpha * min(1.0, state.epoch_progress / self._alpha_ramp)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.visual_encoder.set_grad_checkpointing(enable)
-        self.text_encoder.set_grad_checkpointing(enable)
-
-    @torch.no_grad()
-    def momentum_update(self) -> None:
-        """EMA step of the momentum model toward the online one (training only)."""
+    def read_config(self, cfg: Any) -> None:
+        self.vision_width = int(cfg.image_encoder.width)
+        self.hidden_size = int(cfg.text_encoder.hidden_size)
+        self.momentum = float(cfg.momentum)
+        self.alpha = float(cfg.alpha)
+        self.alpha_ramp_epochs = float(cfg.alpha_ramp_epochs)
+        self.distill = bool(cfg.distill)
         if not self.distill:
-            return
-        if self._momentum_params is None:
-            self._momentum_params = paired_parameters([
-                (self.visual_encoder, self.visual_encoder_m), (self.text_encoder, self.text_encoder_m),
-                (self.cls_head, self.cls_head_m)])
-        momentum_update(*self._momentum_params, self.momentum)
+            self.momentum_children = ()  # no momentum model at all
 
-    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "_ClassifierBase":
-        self._momentum_params = None  # .to()/.cuda() may swap parameter tensors
-        return super()._apply(fn, *args, **kwargs)
+    def build_heads(self, cfg: Any) -> None:
+        self.cls_head = classifier_head(self.hidden_size, self.num_classes)
 
-    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
-        self._momentum_params = None
-        return super().load_state_dict(*args, **kwargs)
+    @classmethod
+    def tiny_overrides(cls) -> Dict[str, Any]:
+        overrides = super().tiny_overrides()
+        del overrides["embed_dim"], overrides["queue_size"]
+        return overrides
 
-    def _outputs(self, logits: torch.Tensor, batch: Dict[str, Any],
-                 train_state: Optional[TrainState], teacher: Any) -> Dict[str, Any]:
-        """Loss (when labels are given) and accuracy; ``teacher()`` gives the momentum logits."""
+    def classify(self, *inputs: torch.Tensor, momentum: bool = False) -> torch.Tensor:
+        """Logits ``[B, C]`` of the online (or momentum) model."""
+        raise NotImplementedError
+
+    def classifier_outputs(self, batch: Dict[str, Any], train_state: Optional[TrainState],
+                           inputs: Tuple[torch.Tensor, ...]) -> Dict[str, Any]:
+        """Logits, and with ``label`` in the batch the loss and the batch accuracy.
+
+        Training with ``distill``: the EMA step (once per optimizer update), then the momentum
+        model's logits as the soft target, as the official code orders them.
+        """
+        logits = self.classify(*inputs)
         out: Dict[str, Any] = {"logits": logits, "losses": {}, "metrics": {}}
         labels = batch.get("label")
         if labels is None:
             return out
-        alpha: Alpha = self._alpha
-        if train_state is not None and train_state.alpha is not None:
-            alpha = train_state.alpha
+        alpha = self.resolve_alpha(self.alpha, train_state)
         logits_m = None
         if self.training and self.distill:
-            self.momentum_update()
+            if self.should_update_momentum(train_state):
+                self.momentum_update()
             with torch.no_grad():
-                logits_m = teacher()
+                logits_m = self.classify(*inputs, momentum=True)
         out["losses"]["ce"] = distilled_cross_entropy(logits, labels, logits_m, alpha)
         out["alpha"] = alpha
         with torch.no_grad():
             out["metrics"]["accuracy"] = (logits.argmax(dim=1) == labels).float().mean()
         return out
 
-    def _require(self, batch: Dict[str, Any], keys: Tuple[str, ...], shapes: str) -> None:
-        missing = [key for key in keys if key not in batch]
-        if missing:
-            raise KeyError(f"{self._name} batch is missing {missing}; it needs {shapes} (and "
-                           f"label [B] to compute the loss). Got keys {sorted(batch)}")
-
-    _name = "albef classifier"
+    def _with_labels(self, batch: Dict[str, torch.Tensor], seed: int) -> Dict[str, torch.Tensor]:
+        gen = torch.Generator().manual_seed(seed + 1)
+        batch["label"] = torch.randint(0, self.num_classes, (batch["input_ids"].shape[0],),
+                                       generator=gen)
+        return batch
 
 
 @registry.register_model("albef_ve")
-class ALBEFVisualEntailment(_ClassifierBase):
+class ALBEFVisualEntailment(ALBEFClassifier):
     """SNLI-VE classifier; see the module docstring."""
 
-    Config = TaskModelConfig
     num_classes = 3
-    _name = "albef_ve"
-
-    @classmethod
-    def config_path(cls) -> Optional[str]:
-        return packaged_model_yaml("albef_ve")
-
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
-        cfg = self.config
-        self.visual_encoder = build_visual_encoder(cfg.image_encoder)
-        self.text_encoder = build_text_encoder(cfg.text_encoder, cfg.image_encoder.width)
-        self.cls_head = classifier_head(cfg.text_encoder.hidden_size, self.num_classes)
-        self._build_momentum()
-        if cfg.gradient_checkpointing:
-            self.set_grad_checkpointing(True)
-        self._load_configured_weights()
+    required_batch_keys = (("image", "[B,3,H,W]"), ("input_ids", "[B,L]"),
+                           ("attention_mask", "[B,L]"))
+    checkpoint_filters = {
+        # ALBEF.pth / ALBEF_4M.pth / our albef_pretrain checkpoints (official VE.py)
+        LAYOUT_TEXT_WITH_MLM_HEAD: CheckpointFilter(
+            renames=STRIP_BERT_PREFIX, unused=PRETRAIN_PARTS_UNUSED, absent=NEW_CLASSIFIER_HEAD),
+        # the official VE state_dict() (LAVIS albef_snli_ve_lavis.pt) and our albef_ve checkpoints
+        LAYOUT_TEXT_PLAIN: CheckpointFilter(),
+    }
 
     def classify(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  momentum: bool = False) -> torch.Tensor:
@@ -184,14 +171,17 @@ class ALBEFVisualEntailment(_ClassifierBase):
 
     def forward(self, batch: Dict[str, Any],
                 train_state: Optional[TrainState] = None) -> Dict[str, Any]:
-        """``{"logits": [B, 3], "losses": {"ce"} (with labels), "metrics": {"accuracy"}}``.
+        """``{"logits": [B, 3], "losses": {"ce"} (with labels), "alpha", "metrics": {"accuracy"}}``.
 
         Batch: ``image [B, 3, H, W]``, ``input_ids [B, L]``, ``attention_mask [B, L]``, optional
-        ``label [B]`` (entailment 2, neutral 1, contradiction 0).
+        ``label [B]`` (entailment 2, neutral 1, contradiction 0). In eval mode no momentum
+        weight changes.
         """
-        self._require(batch, ("image", "input_ids", "attention_mask"),
-                      "image [B,3,H,W], input_ids [B,L], attention_mask [B,L]")
-        image, ids, mask = batch["image"], batch["input_ids"], batch["attention_mask"]
-        logits = self.classify(image, ids, mask)
-        return self._outputs(logits, batch, train_state,
-                             lambda: self.classify(image, ids, mask, momentum=True))
+        self._check_batch(batch)
+        return self.classifier_outputs(batch, train_state, (
+            batch["image"], batch["input_ids"], batch["attention_mask"]))
+
+    def dummy_batch(self, batch_size: int = 4, seed: int = 0) -> Dict[str, torch.Tensor]:
+        batch = super().dummy_batch(batch_size, seed)
+        del batch["image_id"]
+        return self._with_labels(batch, seed)
