@@ -1,6 +1,5 @@
 """``albef_ve`` / ``albef_nlvr`` / ``albef_nlvr_ta`` reproduce the official formulas (fact sheet
 2.3, 2.4) within 1e-4 given the same weights, in the official ``state_dict()`` layout."""
-import pytest
 import torch
 
 from albef_plugin.models import build_model
