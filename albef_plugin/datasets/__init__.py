@@ -6,6 +6,8 @@ Registered builders (``registry.get_builder_class(name)``):
 - ``albef_retrieval_json``: official re_train (train) + re_eval (val / test)
 - ``demo_pretrain`` / ``synthetic_pretrain``: the same on the generated synthetic world
 - ``demo_retrieval`` / ``synthetic_retrieval``
+- ``albef_pretrain_shards`` / ``webdataset_pretrain``: pre-training from webdataset tar shards
+- ``demo_pretrain_shards`` / ``synthetic_pretrain_shards``: the synthetic world as shards
 - ``albef_ve_json`` / ``albef_nlvr2_json``: SNLI-VE / NLVR2 official JSON (train / val / test)
 - ``demo_ve`` / ``demo_nlvr2``: the same on the synthetic world's task files
 
@@ -20,6 +22,8 @@ from albef_plugin.datasets.collate import EvalImageCollate, ImageTextCollate
 from albef_plugin.datasets.images import UnreadableImageError, read_rgb
 from albef_plugin.datasets.pretrain import PretrainDataset
 from albef_plugin.datasets.retrieval import RetrievalEvalDataset, RetrievalTrainDataset
+from albef_plugin.datasets.shard_builders import DemoPretrainShardsBuilder, ShardsPretrainBuilder
+from albef_plugin.datasets.streams import SampleStream
 from albef_plugin.datasets.synthetic import DemoPretrainBuilder, DemoRetrievalBuilder
 from albef_plugin.datasets.ve_nlvr_builders import (DemoNLVR2Builder, DemoVEBuilder, NLVR2JsonBuilder,
                                                    VEJsonBuilder)
@@ -29,6 +33,6 @@ __all__ = [
     "JsonImageTextBuilder", "PretrainJsonBuilder", "RetrievalJsonBuilder", "DemoPretrainBuilder",
     "DemoRetrievalBuilder", "PretrainDataset", "RetrievalTrainDataset", "RetrievalEvalDataset",
     "ImageTextCollate", "EvalImageCollate", "AnnotationError", "load_annotations",
-    "UnreadableImageError", "read_rgb", "VEJsonBuilder", "NLVR2JsonBuilder", "DemoVEBuilder",
-    "DemoNLVR2Builder",
+    "UnreadableImageError", "read_rgb", "ShardsPretrainBuilder", "DemoPretrainShardsBuilder",
+    "SampleStream", "VEJsonBuilder", "NLVR2JsonBuilder", "DemoVEBuilder", "DemoNLVR2Builder",
 ]
