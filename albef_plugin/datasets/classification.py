@@ -12,10 +12,9 @@ batch the task models read::
 
 An unreadable image follows the pre-training policy (see ``images.py``): ``substitute``
 the next readable entry (the default for training), ``drop`` it (counted in
-``num_skipped``) or ``error``. An entry is unreadable when any of its images is. A training
-batch that lost entries is padded back to its size by repeating its readable ones (as the
-pre-training collate does: equal batch sizes on every rank); an evaluation batch is never
-padded, so no entry is scored twice.
+``num_skipped``) or ``error``. An entry is unreadable when any of its images is. The collate
+leaves dropped entries out; the training iterator pads such a batch back to its size
+(``trainers/data.py``), while an evaluation batch stays short, so no entry is scored twice.
 
 Annotation errors (missing field, wrong label, wrong number of images) are raised when the
 file is loaded, naming the file, the entry index and the field.
@@ -147,24 +146,19 @@ class LabelledImagesCollate:
     Args:
         text_processor: callable ``list[str] -> {"input_ids", "attention_mask"}``.
         image_keys: the image slots to stack.
-        pad_dropped: repeat readable samples in place of dropped ones (training batches).
 
     Returns None for a batch whose every sample was dropped (the loops skip it).
     """
 
-    def __init__(self, text_processor: Any, image_keys: Sequence[str],
-                 pad_dropped: bool = False) -> None:
+    def __init__(self, text_processor: Any, image_keys: Sequence[str]) -> None:
         self.text_processor = text_processor
         self.image_keys = tuple(image_keys)
-        self.pad_dropped = bool(pad_dropped)
 
     def __call__(self, samples: Sequence[Optional[Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
         kept = [s for s in samples if s is not None]
         num_skipped = (len(samples) - len(kept)) + sum(int(s.get("num_skipped", 0)) for s in kept)
         if not kept:
             return None
-        if self.pad_dropped:
-            kept = [kept[i % len(kept)] for i in range(len(samples))]
         tokens = self.text_processor([s["text"] for s in kept])
         batch: Dict[str, Any] = {key: torch.stack([s[key] for s in kept]) for key in self.image_keys}
         batch.update(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],

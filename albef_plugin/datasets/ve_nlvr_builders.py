@@ -7,9 +7,9 @@
   ``tasks/nlvr2_*.json``, written by ``prepare()`` next to the world's images.
 
 Splits: train, val, test. Training uses the train image augmentation and the configured
-``on_unreadable`` policy (a batch that lost entries is padded back to size by repeating its
-readable ones); val / test use the eval transform and *drop* (and count) an entry whose image
-is unreadable, without padding, so no entry is scored twice (``error`` stays an error).
+``on_unreadable`` policy (the training iterator pads a batch that lost entries back to size);
+val / test use the eval transform and *drop* (and count) an entry whose image is unreadable,
+so no entry is scored twice (``error`` stays an error).
 
 Config layout (shared with the retrieval builders, :class:`JsonDatasetConfig`)::
 
@@ -51,8 +51,8 @@ class _LabelledJsonBuilder(JsonImageTextBuilder):
                                        self.image_processor(split), on_unreadable=policy)
 
     def collate_fn(self, split: str) -> Callable[[List[Any]], Any]:
-        return LabelledImagesCollate(self.text_processor, self.image_keys,
-                                     pad_dropped=self.split_role(split) == "train")
+        self.check_split(split)
+        return LabelledImagesCollate(self.text_processor, self.image_keys)
 
 
 @registry.register_builder("albef_ve_json")

@@ -225,6 +225,7 @@ class ALBEFNLVRTextAssignment(_PairedFusionMixin, ALBEFBase):
     Config = NLVRTAConfig
     use_queues = False
     momentum_children = ()
+    min_batch_size_per_rank = 2  # the negatives are the batch's other images
     # used without gradient by design: picks the hard negatives under no_grad
     params_without_grad = (r"^vision_proj\.",)
 
