@@ -97,8 +97,7 @@ class ALBEFBase(BaseModel):
         cfg = self.config
         self.read_config(cfg)
         self.visual_encoder = build_visual_encoder(cfg.image_encoder)
-        build_text = build_text_encoder_mlm if self.text_encoder_with_mlm_head else build_text_encoder
-        self.text_encoder = build_text(cfg.text_encoder, self.vision_width)
+        self.text_encoder = self.build_text_encoder(cfg)
         self.build_heads(cfg)
         for name in self.momentum_children:
             setattr(self, name + "_m", make_momentum_copy(getattr(self, name)))
@@ -123,6 +122,12 @@ class ALBEFBase(BaseModel):
         self.alpha_ramp_epochs = float(cfg.alpha_ramp_epochs)
         # ITC: online features of the batch in the first B columns (see ALBEFPretrain.Config)
         self.itc_online_batch = False
+
+    def build_text_encoder(self, cfg: Any) -> nn.Module:
+        """The BERT text / fusion stack (override for another stack, e.g. NLVR2's pairs of
+        fusion blocks)."""
+        build_text = build_text_encoder_mlm if self.text_encoder_with_mlm_head else build_text_encoder
+        return build_text(cfg.text_encoder, self.vision_width)
 
     def build_heads(self, cfg: Any) -> None:
         """Heads on top of the encoders (default: ITC projections, ITM head, temperature)."""
