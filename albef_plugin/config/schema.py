@@ -22,6 +22,14 @@ class EarlyStopConfig:
 
 
 @dataclass
+class DivergenceConfig:
+    """When a run counts as diverged: it then stops, naming its last verified checkpoint."""
+    loss_spike_factor: float = 10.0    # total loss above this x the recent median; 0 disables
+    window: int = 100                  # micro-batches the median covers
+    max_weight_norm_growth: float = 10.0  # weight-norm ratio between checkpoint writes; 0 disables
+
+
+@dataclass
 class TrainingConfig:
     trainer: str = "albef_trainer"
     seed: int = 42
@@ -44,6 +52,7 @@ class TrainingConfig:
     progress_bar: bool = True
     plot: bool = True                  # PNG of loss curves and metrics at the end
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
 
 
 @dataclass
@@ -81,6 +90,7 @@ class ResetConfig:
 @dataclass
 class CheckpointConfig:
     resume: bool = False               # continue from <save_dir>/current.ckpt if present
+    overwrite: bool = False            # a fresh run into a save_dir holding a run deletes it first
     resume_file: Optional[str] = None  # continue from this file (see MMF's precedence)
     resume_best: bool = False          # with resume: prefer best.ckpt over current.ckpt
     resume_pretrained: bool = False    # resume_file holds weights only: load the model, nothing else

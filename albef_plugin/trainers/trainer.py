@@ -26,6 +26,7 @@ from albef_plugin.train_state import TrainState
 from albef_plugin.trainers import resume
 from albef_plugin.trainers.build import build_datasets, build_model, parse_run_type, wrap_model
 from albef_plugin.trainers.checkpointer import Checkpointer
+from albef_plugin.trainers.divergence import DivergenceGuard
 from albef_plugin.trainers.data import EpochBatchIterator, batch_size_of, build_train_loader
 from albef_plugin.trainers.evaluation import BestMetricTracker, build_metrics, evaluate_split
 from albef_plugin.trainers.meter import NonFiniteLossError, TrainMeter
@@ -146,7 +147,9 @@ class Trainer:
             max_updates=self.max_updates,
             updates_per_epoch=max(1, self.batches.iterations_per_epoch // self.update_frequency))
         self.scaler = build_grad_scaler(self.precision, self.device)
-        self.meter = TrainMeter(self.device)
+        divergence = training.divergence
+        self.meter = TrainMeter(self.device, divergence.loss_spike_factor, divergence.window)
+        self.guard = DivergenceGuard(self.checkpointer, divergence.max_weight_norm_growth)
         logger.info("%d updates of %d x %d x %d samples (update_frequency x batch_size x processes); "
                     "%d iterations per epoch", self.max_updates, self.update_frequency,
                     training.batch_size, get_world_size(), self.batches.iterations_per_epoch)
@@ -175,6 +178,7 @@ class Trainer:
         logger.info("training from update %d to %d", state.update, self.max_updates)
         self.wrapped.train()
         self.lr_scheduler.step(state.update)
+        self.guard.start(self.model, state.update, current_update=self._last_saved)
         self._progress = tqdm(total=self.max_updates, initial=state.update, desc="train",
                               dynamic_ncols=True, disable=not (self.is_main and training.progress_bar))
         while state.update < self.max_updates and not self.stop_requested:
@@ -215,6 +219,7 @@ class Trainer:
                                state.update + 1)
                 continue
             state.epoch, state.iteration_in_epoch = position
+            state.first_micro_batch = i == with_data[0]  # the model's EMA step: once per update
             state.alpha = self.model.alpha_for(state) if hasattr(self.model, "alpha_for") else None
             with self._gradient_sync(i == with_data[-1]):
                 with get_autocast(self.precision, self.device):
@@ -275,15 +280,34 @@ class Trainer:
         self.raise_if_non_finite()
 
     def raise_if_non_finite(self) -> None:
-        """Raise :class:`NonFiniteLossError` if any loss since the start was NaN/inf."""
+        """Stop (:class:`NonFiniteLossError`) if any loss since the start was NaN/inf or a
+        spike; otherwise record that the losses so far are good (see ``divergence.py``)."""
         bad = self.meter.first_non_finite() if self.run_training else None
         if bad is None:
+            if self.run_training:
+                self.guard.clean_through = self.state.update
             return
         update, losses = bad
-        shown = ", ".join(f"{k}={v}" for k, v in losses.items()) or "(seen on another rank)"
-        last_good = self.checkpointer.current_path if self._last_saved >= 0 else "none written"
-        message = (f"non-finite training loss at update {update}: {shown}. Stopping without writing "
-                   f"a checkpoint (last good checkpoint: {last_good}). Try a lower "
+        if update > 0:  # the updates before the first bad one were fine
+            self.guard.clean_through = max(self.guard.clean_through, update - 1)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in losses.items()) or "(seen on another rank)"
+        if "recent_median" in losses:
+            reason = (f"training diverged at update {update}: {shown} (the total loss is more than "
+                      f"training.divergence.loss_spike_factor="
+                      f"{self.config.training.divergence.loss_spike_factor:g} x the recent median).")
+        else:
+            reason = f"non-finite training loss at update {update}: {shown}."
+        self._stop_diverged(reason)
+
+    def _stop_diverged(self, reason: str) -> None:
+        """Set diverged checkpoints aside, name the last verified one, raise."""
+        good = self.guard.roll_back() if self.is_main else self.guard.last_good()
+        if good is None:
+            where = "no checkpoint of this run is verified good"
+        else:
+            where = (f"last good checkpoint: {good[1]} (update {good[0]}); continue from it with "
+                     f"checkpoint.resume_file={good[1]}")
+        message = (f"{reason} Stopping without writing a checkpoint ({where}). Try a lower "
                    f"optimizer.params.lr, training.clip_grad_norm, or training.precision=bf16/fp32.")
         logger.error(message)
         raise NonFiniteLossError(message)
@@ -304,19 +328,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, *, current: bool = True, snapshot: bool = True, best: bool = False) -> None:
-        """Write the full training state (rank 0) after checking it holds no NaN/inf.
+        """Write the full training state (rank 0) after checking the run has not diverged.
 
-        The check reads the device-side non-finite flag (one sync) and the weights, so a
-        checkpoint is never written from broken weights, even between log intervals.
+        The check reads the device-side divergence flag (one sync) and the weights (finite,
+        norm not exploding), so a checkpoint is never written from broken weights, even
+        between log intervals.
         """
         self.raise_if_non_finite()
-        resume.check_finite_weights(self.model, self.state.update)
+        try:
+            self.guard.check_weights(self.model, self.state.update)
+        except NonFiniteLossError as exc:
+            self._stop_diverged(str(exc))
         payload = resume.checkpoint_payload(self)  # a collective (RNG states of all ranks)
         if self.is_main:
             self.checkpointer.save(payload, self.state.update, current=current, snapshot=snapshot,
-                                   best=best)
+                                   best=best, verified_through=self.guard.verified_through)
         if current:
-            self._last_saved = self.state.update
+            self._last_saved = self.guard.current_update = self.state.update
 
     # ------------------------------------------------------------------ teardown
     def close(self) -> None:

@@ -46,6 +46,21 @@ def test_alpha_follows_the_train_state_of_each_batch(tmp_path):
     assert trainer.model.alphas == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.4])
 
 
+def test_first_micro_batch_flag_marks_the_start_of_each_update(tmp_path):
+    """Models step their EMA on the first micro-batch of an update only (see TrainState)."""
+    trainer = build_trainer(make_config(tmp_path, "training.max_updates=2", "training.update_frequency=3"))
+    seen = []
+    forward = trainer.model.forward
+
+    def recording_forward(batch, train_state=None):
+        seen.append(train_state.first_micro_batch)
+        return forward(batch, train_state)
+
+    trainer.model.forward = recording_forward
+    trainer.run()
+    assert seen == [True, False, False, True, False, False]
+
+
 def _grads_at_first_step(config):
     """Run one update and return the gradients the optimizer steps with."""
     trainer = build_trainer(config)
