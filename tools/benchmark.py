@@ -71,6 +71,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--fused-adamw", action="store_true",
                         help="fused AdamW kernel (CUDA); the official code used the default")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the encoders in place, as training.compile=true")
     parser.add_argument("--tf32", action="store_true",
                         help="allow TF32 matmuls in fp32 (off in the official reference)")
     parser.add_argument("--threads", type=int, default=None,
@@ -155,15 +157,27 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    flops = None
+    if args.compile:
+        # counted eagerly (the same ops): FlopCounterMode does not see inside compiled kernels
+        flops = count_flops(step, batch)
+        # what training.compile does (trainers/build.py: wrap_model); compiles in warm-up
+        if not hasattr(model, "compile_encoders"):
+            raise SystemExit(f"--compile: model {args.model} has no compile_encoders()")
+        model.compile_encoders()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
     durations = time_steps(step, batch, args.steps, args.warmup, device)
     memory = peak_memory(device)
-    flops = count_flops(step, batch)
+    if flops is None:
+        flops = count_flops(step, batch)
 
     step_s = statistics.median(durations)
     result: Dict[str, Any] = {
         "model": args.model,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": args.precision,
+        "compile": args.compile,
         "batch_size": args.batch_size,
         "image_size": args.image_size,
         "text_len": args.text_len,
