@@ -83,6 +83,8 @@ class ALBEFBase(BaseModel):
     # online children that get an EMA copy "<name>_m" (empty: no momentum model)
     momentum_children: ClassVar[Tuple[str, ...]] = ("visual_encoder", "vision_proj",
                                                     "text_encoder", "text_proj")
+    # modules torch.compile'd in place by compile_encoders() (their momentum copies too)
+    compile_children: ClassVar[Tuple[str, ...]] = ("visual_encoder", "text_encoder")
     use_queues: ClassVar[bool] = True
     use_idx_queue: ClassVar[bool] = False
     # source layout (filters.text_encoder_layout) -> how this model reads it
@@ -181,6 +183,23 @@ class ALBEFBase(BaseModel):
         """Recompute online encoder activations in backward (the momentum ones need none)."""
         self.visual_encoder.set_grad_checkpointing(enable)
         self.text_encoder.set_grad_checkpointing(enable)
+
+    def compile_encoders(self, **compile_kwargs: Any) -> List[str]:
+        """``torch.compile`` the encoders in place (``nn.Module.compile``), online and momentum.
+
+        In place, so ``state_dict`` keys do not change (no ``_orig_mod.`` prefix) and checkpoints
+        stay interchangeable with eager runs. The data-dependent parts of a step (hard-negative
+        sampling, MLM position selection, queue writes) stay eager: the encoders are where the
+        FLOPs are, and their graphs have static shapes. Returns the names compiled.
+        """
+        names = []
+        for name in self.compile_children:
+            for attr in (name, name + "_m"):
+                module = getattr(self, attr, None)
+                if isinstance(module, nn.Module):
+                    module.compile(**compile_kwargs)
+                    names.append(attr)
+        return names
 
     def dummy_batch(self, batch_size: int = 4, seed: int = 0) -> Dict[str, torch.Tensor]:
         """Random images and ``[CLS] w1 ... [PAD]`` captions of varied lengths; ``image_id``
