@@ -53,7 +53,8 @@ def build_case(batch_size: int, seed: int = 0, overrides: Sequence[str] = ()) ->
     model = build_model("albef_pretrain", [*MODEL_OVERRIDES, *overrides]).train()
     optimizer = build_optimizer(model, lr=1e-4, fused=False)
     generator = torch.Generator().manual_seed(seed)
-    batch = synthetic_batch(batch_size, IMAGE_SIZE, TEXT_LEN, device=device, generator=generator,
+    image_size = int(model.config.image_encoder.image_size)  # IMAGE_SIZE unless overridden
+    batch = synthetic_batch(batch_size, image_size, TEXT_LEN, device=device, generator=generator,
                             **text_vocabulary(model))
     return {"model": model, "optimizer": optimizer, "batch": batch,
             "step": make_train_step(model, optimizer, "fp32", device)}

@@ -1,7 +1,7 @@
 """Where the time of one training step goes: ``tools/benchmark.py --profile``.
 
 ``torch.profiler`` records a few steps with Python stacks and module names
-(``with_stack``, ``with_modules``). Every top-level operator (an aten op not nested in
+(``with_stack``). Every top-level operator (an aten op not nested in
 another one) is put in one category by the Python frames and modules it was called from:
 
 - attention: BERT self/cross-attention blocks and the ViT attention (QKV, SDPA, output
@@ -11,8 +11,10 @@ another one) is put in one category by the Python frames and modules it was call
 - momentum update: the EMA of the momentum encoders;
 - optimizer: ``AdamW.step`` and ``zero_grad``;
 - ITM sampling: hard-negative sampling (softmax + multinomial);
-- other model: feed-forward, embeddings, patch embedding, LayerNorms outside attention,
-  ITM head, batch plumbing.
+- feed-forward: the BERT and ViT MLPs (with their output LayerNorm);
+- embeddings: BERT word/position embeddings, the ViT patch embedding;
+- other model: the rest (ViT LayerNorms and position embedding, projections, ITM head, MLM
+  masking, the concatenation of the ITM pairs, batch plumbing).
 
 Backward operators carry no Python stack; each ``autograd::engine::evaluate_function``
 node is charged to the category of the forward op with the same ``sequence_nr``.
@@ -37,47 +39,63 @@ CATEGORIES: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("optimizer", ("torch/optim/", "zero_grad")),
     ("vocabulary projection", ("nn.Module: BertOnlyMLMHead", "nn.Module: BertLMPredictionHead",
                                ": mlm_loss")),
-    ("queue similarities", (": _similarities", ": itc_loss", ": enqueue")),
+    ("queue similarities", (": similarities", ": _similarities", ": itc_loss", ": enqueue",
+                            ": itc_targets")),
     ("ITM sampling", (": sample_hard_negatives",)),
     ("attention", ("nn.Module: BertAttention", "nn.Module: Attention_")),
+    ("feed-forward", ("nn.Module: BertIntermediate", "nn.Module: BertOutput", "nn.Module: Mlp_")),
+    ("embeddings", ("nn.Module: BertEmbeddings", "nn.Module: PatchEmbed")),
 )
 OTHER = "other model"
-BACKWARD_PREFIX = "autograd::engine::evaluate_function: "
 
 
 def categorize(stack: Sequence[str]) -> str:
-    """The category of an op from its Python stack (innermost frame first, as torch gives)."""
+    """The category of an op from its Python stack (innermost frame first)."""
     for name, markers in CATEGORIES:
         if any(marker in frame for frame in stack for marker in markers):
             return name
     return OTHER
 
 
-def _top_level(events: List[Any]) -> List[Any]:
-    """CPU events that are not nested in another op of the same thread (step markers and
-    user annotations excluded)."""
-    return [e for e in events
-            if e.cpu_parent is None or e.cpu_parent.name.startswith("ProfilerStep")
-            if not e.name.startswith("ProfilerStep")]
+def _is_op(event: Any) -> bool:
+    return not (getattr(event, "is_python_function", False) or event.name.startswith("ProfilerStep")
+                or getattr(event, "is_user_annotation", False))
+
+
+def _python_stack(event: Any) -> Tuple[List[str], bool]:
+    """(names of the Python frames / modules around ``event``, innermost first; whether an op
+    encloses it). With ``with_stack`` the profiler records Python calls as parent events."""
+    frames, nested = list(getattr(event, "stack", None) or []), False
+    parent = event.cpu_parent
+    while parent is not None:
+        if getattr(parent, "is_python_function", False):
+            frames.append(parent.name)
+        elif _is_op(parent):
+            nested = True
+        parent = parent.cpu_parent
+    return frames, nested
 
 
 def _breakdown(events: List[Any]) -> Dict[str, Dict[str, float]]:
-    """Microseconds per category, split into forward and backward."""
-    by_sequence: Dict[Tuple[int, int], str] = {}
-    for event in events:
-        if event.sequence_nr >= 0 and not event.name.startswith(BACKWARD_PREFIX) and event.stack:
-            by_sequence.setdefault((event.thread, event.sequence_nr), categorize(event.stack))
+    """Microseconds of the top-level ops per category, split into forward and backward."""
+    ops = [e for e in events if _is_op(e)]
+    by_sequence: Dict[int, str] = {}
+    top_level = []
+    for event in ops:
+        frames, nested = _python_stack(event)
+        backward = event.name.startswith("autograd::engine::evaluate_function")
+        if event.sequence_nr >= 0 and not backward and frames:
+            by_sequence.setdefault(event.sequence_nr, categorize(frames))
+        if not nested:
+            top_level.append((event, frames, backward))
     times: Dict[str, Dict[str, float]] = defaultdict(lambda: {"forward": 0.0, "backward": 0.0})
-    for event in _top_level(events):
+    for event, frames, backward in top_level:
         duration = event.time_range.elapsed_us()
-        if event.name.startswith(BACKWARD_PREFIX) or event.name == "autograd::engine::evaluate_function":
-            key = (getattr(event, "fwd_thread", event.thread) or event.thread, event.sequence_nr)
-            category = by_sequence.get(key, OTHER)
-            times[category]["backward"] += duration
+        if backward:
+            times[by_sequence.get(event.sequence_nr, OTHER)]["backward"] += duration
         else:
-            times[categorize(event.stack)]["forward"] += duration
+            times[categorize(frames)]["forward"] += duration
     return times
-
 
 
 def profile_step(step: Any, batch: Dict[str, torch.Tensor], steps: int = 3, warmup: int = 3,
@@ -87,8 +105,7 @@ def profile_step(step: Any, batch: Dict[str, torch.Tensor], steps: int = 3, warm
     for _ in range(warmup):
         step(batch)
     walls: List[float] = []
-    with profile(activities=[ProfilerActivity.CPU], with_stack=True, with_modules=True,
-                 record_shapes=False) as prof:
+    with profile(activities=[ProfilerActivity.CPU], with_stack=True, record_shapes=False) as prof:
         for _ in range(steps):
             start = time.perf_counter()
             step(batch)

@@ -20,7 +20,7 @@ flip, RandAugment draws, all from torch's global generator in the same order):
   filter), RandAugment stays in PIL (its tensor versions are slower on a CPU), and the
   normalisation is one fused subtract-multiply. It also takes a file path or encoded
   bytes instead of a PIL image.
-  About twice the images per second per core (``tools/benchmark.py --data``); pixels
+  About 1.4x the images per second per core (``tools/benchmark.py --data``); pixels
   differ from the PIL backend by interpolation rounding only.
 """
 from __future__ import annotations
@@ -103,9 +103,13 @@ class TensorTrainTransform:
         if self.hflip and torch.rand(1) < 0.5:
             image = F2.horizontal_flip(image)
         if self.randaugment is not None:
-            pil = Image.fromarray(image.permute(1, 2, 0).numpy())
+            # PIL wants height-width-channel bytes; make them contiguous in torch (cheaper than
+            # letting numpy copy a strided view)
+            pil = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
             image = pil_to_uint8_tensor(self.randaugment(pil))
-        return image.float().sub_(self.offset).mul_(self.inv_scale)
+        # a contiguous (3, H, W) float, as ToTensor gives: stacking in the collate stays a copy
+        image = image.to(torch.float32, memory_format=torch.contiguous_format)
+        return image.sub_(self.offset).mul_(self.inv_scale)
 
     def __repr__(self) -> str:
         return (f"TensorTrainTransform(size={self.image_size}, scale={self.scale}, "
@@ -135,7 +139,7 @@ class ImageTrainProcessor:
         mean: List[float] = field(default_factory=lambda: list(CLIP_MEAN))
         std: List[float] = field(default_factory=lambda: list(CLIP_STD))
         # "pil" (torchvision transforms on PIL) or "tensor" (crop-resize on uint8 tensors,
-        # about 2x faster per core, same augmentation statistics); see the module docstring.
+        # about 1.4x the images per second per core, same augmentation statistics).
         backend: str = "pil"
 
     def __init__(self, *, image_size: int = 256, scale: Sequence[float] = (0.2, 1.0),
