@@ -2,6 +2,7 @@
 ``training.compile`` (encoders compiled in place), no host sync in forward/backward, gradient
 checkpointing reachable from the run config."""
 import copy
+import math
 
 import pytest
 import torch
@@ -167,3 +168,25 @@ def test_gradient_checkpointing_is_reachable_from_the_run_config(monkeypatch):
     losses = model(model.dummy_batch(2), TrainState(alpha=0.4))["losses"]
     sum(losses.values()).backward()
     assert calls["bert"] > 0 and calls["vit"] > 0, calls
+
+
+def test_training_compile_switch_reaches_the_trainer(tmp_path, monkeypatch):
+    """``training.compile=true`` compiles what the trainer runs (here the toy model, which has no
+    ``compile_encoders``, so the whole module); the run trains and logs finite losses. The
+    backend is swapped for aot_eager: inductor's C++ build takes minutes on a 2-core machine."""
+    from tests.trainers.toy_components import make_config, read_records, run_trainer
+
+    calls = []
+    real_compile = torch.compile
+
+    def compile_with_aot_eager(model, **kwargs):
+        calls.append(type(model).__name__)
+        return real_compile(model, **{**kwargs, "backend": "aot_eager"})
+
+    monkeypatch.setattr(torch, "compile", compile_with_aot_eager)
+    run_trainer(make_config(tmp_path, "training.compile=true", "training.max_updates=3"))
+    assert calls == ["ToyModel"]
+    records = read_records(tmp_path, "train")
+    assert max(r["update"] for r in records) == 3
+    losses = [v for r in records for k, v in r.items() if k.endswith("loss")]
+    assert losses and all(math.isfinite(v) for v in losses)
