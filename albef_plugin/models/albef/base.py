@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from albef_plugin.distributed import get_world_size
 from albef_plugin.losses.itm import (itm_labels, itm_loss, positive_mask_from_ids,
                                      sample_hard_negatives)
 from albef_plugin.models.albef.components import (ImageEncoderConfig, TextEncoderConfig,
@@ -35,7 +36,7 @@ from albef_plugin.models.albef.components import (ImageEncoderConfig, TextEncode
 from albef_plugin.models.base import BaseModel
 from albef_plugin.models.checkpoints.filters import CheckpointFilter, text_encoder_layout
 from albef_plugin.models.momentum import make_momentum_copy, momentum_update, paired_parameters
-from albef_plugin.models.queue import enqueue, register_feature_queues
+from albef_plugin.models.queue import enqueue, register_feature_queues, similarity_with_queue
 from albef_plugin.train_state import TrainState
 
 __all__ = ["ALBEFBase", "Alpha", "TINY_ALBEF_OVERRIDES"]
@@ -308,6 +309,11 @@ class ALBEFBase(BaseModel):
         """
         batch = image_feat.shape[0]
         with torch.autocast(device_type=image_feat.device.type, enabled=False):
+            if (not self.itc_online_batch and self.image_queue.shape[1] > 0
+                    and self.image_queue.dtype == self.text_queue.dtype == torch.float32):
+                return self._similarities_without_queue_copy(
+                    image_feat.float(), text_feat.float(), image_feat_m.float(),
+                    text_feat_m.float(), self.temp.float())
             # torch.cat copies, so the in-place enqueue later cannot corrupt autograd's saved inputs
             image_feat_all = torch.cat([image_feat_m.t(), self.image_queue.float()], dim=1)
             text_feat_all = torch.cat([text_feat_m.t(), self.text_queue.float()], dim=1)
@@ -321,6 +327,22 @@ class ALBEFBase(BaseModel):
             with torch.no_grad():
                 sim_i2t_m = image_feat_m @ text_feat_all / temp
                 sim_t2i_m = text_feat_m @ image_feat_all / temp
+        return sim_i2t, sim_t2i, sim_i2t_m, sim_t2i_m
+
+    def _similarities_without_queue_copy(self, image_feat: torch.Tensor, text_feat: torch.Tensor,
+                                         image_feat_m: torch.Tensor, text_feat_m: torch.Tensor,
+                                         temp: torch.Tensor
+                                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The official-form similarities (``itc_batch_features: momentum``, fp32 queues) without
+        the ``[D, B + Q]`` concatenations; see :func:`~albef_plugin.models.queue.similarity_with_queue`."""
+        global_batch = image_feat.shape[0] * get_world_size()
+        sim_i2t = similarity_with_queue(image_feat, text_feat_m.t(), self.text_queue,
+                                        self.queue_ptr, global_batch) / temp
+        sim_t2i = similarity_with_queue(text_feat, image_feat_m.t(), self.image_queue,
+                                        self.queue_ptr, global_batch) / temp
+        with torch.no_grad():
+            sim_i2t_m = torch.cat([image_feat_m @ text_feat_m.t(), image_feat_m @ self.text_queue], 1) / temp
+            sim_t2i_m = torch.cat([text_feat_m @ image_feat_m.t(), text_feat_m @ self.image_queue], 1) / temp
         return sim_i2t, sim_t2i, sim_i2t_m, sim_t2i_m
 
     def itc_targets(self, idx: torch.Tensor) -> torch.Tensor:
