@@ -8,8 +8,8 @@ Each process that does the work (one per GPU under torchrun or SLURM) calls
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -19,16 +19,32 @@ from omegaconf import DictConfig, OmegaConf
 logger = logging.getLogger("albef_plugin")
 
 
+class _CurrentStdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is now (a notebook or a test may replace it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D401
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_console_logging(level: str = "info", rank: int = 0) -> None:
     """Console logging for this process; other ranks only report warnings."""
     root = logging.getLogger()
     numeric = getattr(logging, str(level).upper(), logging.INFO)
     if rank != 0:
         numeric = max(numeric, logging.WARNING)
-    if not any(getattr(h, "_albef_console", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter(
-            f"%(asctime)s | %(levelname)s | rank{rank} | %(name)s: %(message)s", "%H:%M:%S"))
+    formatter = logging.Formatter(f"%(asctime)s | %(levelname)s | rank{rank} | %(name)s: %(message)s",
+                                  "%H:%M:%S")
+    consoles = [h for h in root.handlers if getattr(h, "_albef_console", False)]
+    for handler in consoles:  # set up before the rank was known: relabel
+        handler.setFormatter(formatter)
+    if not consoles:
+        handler = _CurrentStdoutHandler()
+        handler.setFormatter(formatter)
         handler._albef_console = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(numeric)
@@ -69,6 +85,8 @@ def run_job(cfg: DictConfig, *, lock_wait_s: float = 0.0) -> Any:
     trains = parse_run_type(cfg.run_type)[0]
     if trains:  # on every rank, before joining: a refusal leaves no rank waiting for another
         assert_save_dir_usable(save_dir, resume=checkpoint.resume, overwrite=checkpoint.overwrite)
+    # console logging first, so the "rank r of n" line of init_distributed shows
+    setup_console_logging(cfg.env.log_level, distributed.rank_from_env())
     distributed.init_distributed(cfg.distributed.backend, cfg.distributed.timeout_minutes)
     setup_console_logging(cfg.env.log_level, distributed.get_rank())
     lock = SaveDirLock(save_dir, wait_s=lock_wait_s) if distributed.is_main_process() \
@@ -101,13 +119,35 @@ def run(opts: Optional[Sequence[str]] = None) -> Any:
     return launcher.launch()
 
 
-def main() -> None:
-    """Console-script entry point (``albef-run``): readable errors instead of tracebacks."""
-    from albef_plugin.config import ConfigError
-    from albef_plugin.registry import UnknownNameError
+def user_error_types() -> tuple:
+    """Exceptions that mean "the user can fix this": one ``error:`` line, exit code 2."""
+    from albef_plugin.errors import UserError
+
+    types = [UserError]
+    for module, name in (("albef_plugin.models", "ModelConfigError"),
+                         ("albef_plugin.processors.text", "TokenizerLoadError")):
+        try:  # errors of components that keep their own class (they name key and fix)
+            types.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Console-script entry point (``albef-run``): readable errors instead of tracebacks.
+
+    A user error (bad key or value, missing file, busy save_dir, full disk ...) ends in one
+    ``error: <message>`` line on stderr and exit code 2; a diverged run in its
+    ``error:`` line (naming the last good checkpoint) and exit code 1.
+    """
+    from albef_plugin.errors import USER_ERROR_EXIT_CODE
+    from albef_plugin.trainers.meter import NonFiniteLossError
 
     try:
-        run()
-    except (ConfigError, UnknownNameError) as exc:
+        run(argv)
+    except user_error_types() as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(USER_ERROR_EXIT_CODE)
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -18,6 +18,7 @@ Both share one config layout (:class:`JsonDatasetConfig`)::
           train_image: {type: albef_image_train, params: {scale: [0.5, 1.0]}}
           eval_image: {type: albef_image_eval, params: {}}
         on_unreadable: substitute           # substitute | drop | error
+        weight: null                        # sampling weight when mixed with a shard stream (null: by size)
 """
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ class JsonDatasetConfig:
     annotations: SplitFilesConfig = field(default_factory=SplitFilesConfig)
     processors: ProcessorsConfig = field(default_factory=ProcessorsConfig)
     on_unreadable: str = "substitute"  # missing / corrupt training image: substitute | drop | error
+    # sampling weight when mixed with a shard stream; null = the dataset's size (its share of an epoch)
+    weight: Optional[float] = None
 
 
 class JsonImageTextBuilder(BaseDatasetBuilder):
@@ -70,8 +73,8 @@ class JsonImageTextBuilder(BaseDatasetBuilder):
         return self._text_processor
 
     def image_processor(self, split: str) -> Any:
-        """The train augmentation for ``train``, the eval transform otherwise."""
-        key = "train_image" if self.check_split(split) == "train" else "eval_image"
+        """The train augmentation for a train-role split, the eval transform otherwise."""
+        key = "train_image" if self.split_role(split) == "train" else "eval_image"
         return build_processor(self.config.processors[key], where=self.config_key(f"processors.{key}"),
                                image_size=int(self.config.image_size))
 
@@ -90,7 +93,7 @@ class JsonImageTextBuilder(BaseDatasetBuilder):
     # ------------------------------------------------------------ contract
     def build(self, split: str) -> Dataset:
         files = self.annotation_files(split)
-        if split == "train":
+        if self.split_role(split) == "train":
             return self._build_train(files)
         return RetrievalEvalDataset(files, self.image_root(), self.image_processor(split),
                                     self.text_processor)
@@ -99,7 +102,7 @@ class JsonImageTextBuilder(BaseDatasetBuilder):
         raise NotImplementedError
 
     def collate_fn(self, split: str) -> Callable[[List[Any]], Any]:
-        if self.check_split(split) == "train":
+        if self.split_role(split) == "train":
             return ImageTextCollate(self.text_processor)
         return EvalImageCollate()
 

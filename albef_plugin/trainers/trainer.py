@@ -19,24 +19,29 @@ from typing import Any, ContextManager, Dict, List, Optional, Tuple
 import torch
 from tqdm import tqdm
 
-from albef_plugin.distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
+from albef_plugin.datasets.streams import SampleStream
+from albef_plugin.distributed import (all_reduce_sum, broadcast_object, get_rank, get_world_size,
+                                      is_main_process)
+from albef_plugin.metrics.base import EvalContext
 from albef_plugin.metrics.retrieval import format_recall_table
 from albef_plugin.registry import registry
 from albef_plugin.train_state import TrainState
 from albef_plugin.trainers import resume
 from albef_plugin.trainers.build import build_datasets, build_model, parse_run_type, wrap_model
 from albef_plugin.trainers.checkpointer import Checkpointer
-from albef_plugin.trainers.divergence import DivergenceGuard
 from albef_plugin.trainers.data import EpochBatchIterator, batch_size_of, build_train_loader
+from albef_plugin.trainers.divergence import DivergenceGuard
 from albef_plugin.trainers.evaluation import BestMetricTracker, build_metrics, evaluate_split
 from albef_plugin.trainers.meter import NonFiniteLossError, TrainMeter
 from albef_plugin.trainers.metrics_log import MetricsWriter, attach_file_log, detach_file_log
 from albef_plugin.trainers.optim import build_optimizer
 from albef_plugin.trainers.plots import plot_training_curves
+from albef_plugin.trainers.preemption import RunPreempted, StopAgreement
 from albef_plugin.trainers.precision import (build_grad_scaler, get_autocast, resolve_device,
                                              resolve_precision)
 from albef_plugin.trainers.rng import seed_everything
 from albef_plugin.trainers.schedulers import build_lr_scheduler
+from albef_plugin.trainers.stream_data import build_stream_batches
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +88,11 @@ class Trainer:
 
     def __init__(self, config: Any) -> None:
         self.config = config
-        self.run_training, self.eval_splits = parse_run_type(config.run_type)
+        self.run_training, self.eval_roles = parse_run_type(config.run_type)
         self.state = TrainState()
         self.stop_requested = False
+        self.preempted_by: Optional[str] = None  # the signal that stopped training early
+        self.stop_agreement: Optional[StopAgreement] = None
         self._last_logged = self._last_saved = -1
         self._last_eval: Dict[str, int] = {}
         self._grad_norm: Optional[torch.Tensor] = None
@@ -108,10 +115,14 @@ class Trainer:
 
         self.metrics = build_metrics(cfg.evaluation)
         periodic_eval = self.run_training and training.evaluation_interval > 0 and self.metrics
-        splits = (["train"] if self.run_training else []) + self.eval_splits
-        if periodic_eval and "val" not in splits:
-            splits.append("val")
-        self.datasets = build_datasets(cfg, splits)
+        roles = (["train"] if self.run_training else []) + self.eval_roles
+        if periodic_eval and "val" not in roles:
+            roles.append("val")
+        self.datasets = build_datasets(cfg, roles, required=self.eval_roles if self.metrics else ())
+        self.eval_context = EvalContext(device=self.device, precision=self.precision,
+                                        output_dir=self.save_dir,
+                                        batch_size=int(cfg.evaluation.batch_size),
+                                        num_workers=int(cfg.evaluation.num_workers))
         self.model = build_model(cfg).to(self.device)
         self.best = BestMetricTracker(training.early_stop.criteria, training.early_stop.minimize,
                                       training.early_stop.patience, training.early_stop.enabled)
@@ -123,7 +134,13 @@ class Trainer:
                                   find_unused_parameters=training.find_unused_parameters,
                                   compile_model=training.compile)
         self.writer = MetricsWriter(self.save_dir if self.is_main else None,
-                                    tensorboard=training.tensorboard)
+                                    tensorboard=training.tensorboard,
+                                    drop_after_update=self.state.update if self.run_training else None)
+        # evaluations recorded at the resumed update are not redone (nor written twice)
+        for split in broadcast_object(self.writer.evaluated_at_start):
+            self._last_eval[split] = self.state.update
+        if self.run_training:
+            self.stop_agreement = StopAgreement()  # on every rank (builds a process group)
         logger.info("device %s, precision %s, %d process(es), run_type %s", self.device,
                     self.precision, get_world_size(), cfg.run_type)
 
@@ -132,12 +149,19 @@ class Trainer:
         if training.update_frequency < 1:
             raise ValueError(f"training.update_frequency={training.update_frequency}: must be >= 1.")
         self.update_frequency = int(training.update_frequency)
-        loader, sampler = build_train_loader(
-            self.datasets.train, self.datasets.train_collate, batch_size=training.batch_size,
-            seed=training.seed, rank=get_rank(), world_size=get_world_size(),
-            num_workers=training.num_workers, pin_memory=training.pin_memory and self.device.type == "cuda",
-            persistent_workers=training.persistent_workers)
-        self.batches = EpochBatchIterator(loader, sampler, on_epoch_end=self._on_epoch_end)
+        if isinstance(self.datasets.train, SampleStream):  # shards: an endless stream
+            self.batches = build_stream_batches(
+                self.datasets.train, self.datasets.train_collate, batch_size=training.batch_size,
+                seed=training.seed, rank=get_rank(), world_size=get_world_size(),
+                num_workers=training.num_workers,
+                pin_memory=training.pin_memory and self.device.type == "cuda", on_epoch_end=self._on_epoch_end)
+        else:
+            loader, sampler = build_train_loader(
+                self.datasets.train, self.datasets.train_collate, batch_size=training.batch_size,
+                seed=training.seed, rank=get_rank(), world_size=get_world_size(),
+                num_workers=training.num_workers, pin_memory=training.pin_memory and self.device.type == "cuda",
+                persistent_workers=training.persistent_workers)
+            self.batches = EpochBatchIterator(loader, sampler, on_epoch_end=self._on_epoch_end)
         self.state.iterations_per_epoch = self.batches.iterations_per_epoch
         self.max_updates = compute_max_updates(training.max_updates, training.max_epochs,
                                                self.batches.iterations_per_epoch, self.update_frequency)
@@ -160,13 +184,18 @@ class Trainer:
         try:
             if self.run_training:
                 self.train()
-            if self.eval_splits and not self.metrics:
+                if self.preempted_by and self.state.update < self.max_updates:
+                    # current.ckpt is written: the launcher may requeue
+                    raise RunPreempted(self.preempted_by, self.state.update,
+                                       self.checkpointer.current_path)
+            if self.eval_roles and not self.metrics:
                 logger.warning("run_type=%s asks for evaluation but evaluation.metrics is empty",
                                self.config.run_type)
-            for split in self.eval_splits if self.metrics else []:
-                if self._last_eval.get(split) == self.state.update:
-                    continue  # the periodic evaluation already covered this update
-                if self.evaluate(split) and self.run_training:
+            for role in self.eval_roles if self.metrics else []:
+                # splits the periodic evaluation already covered at this update are not redone
+                splits = [split for split in self.datasets.splits_with_role(role)
+                          if self._last_eval.get(split) != self.state.update]
+                if splits and self.evaluate(splits) and self.run_training:
                     self.save_checkpoint(current=False, snapshot=False, best=True)
         finally:
             self.close()
@@ -187,9 +216,9 @@ class Trainer:
             if _every(state.update, training.log_interval):
                 self.log_training()
             improved = False
-            if _every(state.update, training.evaluation_interval) and self.metrics \
-                    and "val" in self.datasets.eval:
-                improved = self.evaluate("val")
+            val_splits = self.datasets.splits_with_role("val")
+            if _every(state.update, training.evaluation_interval) and self.metrics and val_splits:
+                improved = self.evaluate(val_splits)
             periodic = _every(state.update, training.checkpoint_interval)
             if periodic or improved:
                 self.save_checkpoint(current=periodic, snapshot=periodic, best=improved)
@@ -197,6 +226,12 @@ class Trainer:
                 logger.info("early stop at update %d: %s has not improved since update %d",
                             state.update, self.best.key, self.best.update)
                 self.stop_requested = True
+            if self.stop_agreement.after_update():  # USR2/SIGTERM seen by any rank (preemption.py)
+                self.preempted_by = self.stop_agreement.signal_name
+                logger.warning("%s received: stopping after update %d to write a checkpoint",
+                               self.preempted_by, state.update)
+                self.stop_requested = True
+        self.stop_agreement.close()
         self._progress.close()
         if self._last_logged != state.update:
             self.log_training()
@@ -291,7 +326,9 @@ class Trainer:
         if update > 0:  # the updates before the first bad one were fine
             self.guard.clean_through = max(self.guard.clean_through, update - 1)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in losses.items()) or "(seen on another rank)"
-        if "recent_median" in losses:
+        if update < 0:
+            reason = "training diverged on another process (NaN/inf or a loss spike there)."
+        elif "recent_median" in losses:
             reason = (f"training diverged at update {update}: {shown} (the total loss is more than "
                       f"training.divergence.loss_spike_factor="
                       f"{self.config.training.divergence.loss_spike_factor:g} x the recent median).")
@@ -312,19 +349,28 @@ class Trainer:
         logger.error(message)
         raise NonFiniteLossError(message)
 
-    def evaluate(self, split: str) -> bool:
-        """Evaluate every metric on ``split``; log; True when ``val`` gives a new best."""
-        results = evaluate_split(self.model, split, self.datasets.eval.get(split, {}), self.metrics,
-                                 self.device, self.precision)
-        self.writer.write({"kind": "eval", "split": split, "update": self.state.update,
-                           "epoch": round(self.state.epoch_progress, 4), **results})
-        logger.info("evaluation on %s at update %d: %s", split, self.state.update,
-                    ", ".join(f"{k} {v:.4f}" for k, v in results.items()) or "(no metrics)")
-        table = format_recall_table(results)
-        if table:
-            logger.info("retrieval on %s (R@K in %%):\n%s", split, table)
-        self._last_eval[split] = self.state.update
-        return split == "val" and self.run_training and self.best.observe(results, self.state.update)
+    def evaluate(self, splits: List[str]) -> bool:
+        """Evaluate every metric on each of ``splits`` (one ``eval`` record per split); log.
+
+        Returns True when training and the val-role splits among them give a new best
+        (``training.early_stop.criteria``; an error when it matches nothing reported).
+        """
+        val_results: Dict[str, float] = {}
+        for split in splits:
+            results = evaluate_split(self.model, split, self.datasets.eval.get(split, {}), self.metrics,
+                                     self.eval_context, self.datasets.eval_collate.get(split))
+            self.writer.write({"kind": "eval", "split": split, "update": self.state.update,
+                               "epoch": round(self.state.epoch_progress, 4), **results})
+            logger.info("evaluation on %s at update %d: %s", split, self.state.update,
+                        ", ".join(f"{k} {v:.4f}" for k, v in results.items()) or "(no metrics)")
+            table = format_recall_table(results)
+            if table:
+                logger.info("retrieval on %s (R@K in %%):\n%s", split, table)
+            self._last_eval[split] = self.state.update
+            if self.datasets.roles.get(split) == "val":
+                val_results.update(results)
+        return bool(val_results) and self.run_training and self.best.observe(val_results,
+                                                                             self.state.update)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, *, current: bool = True, snapshot: bool = True, best: bool = False) -> None:

@@ -186,3 +186,29 @@ def test_best_checkpoint_and_early_stop(tmp_path):
     assert load_ckpt(tmp_path / "best.ckpt")["train_state"]["update"] == 1
     assert load_ckpt(tmp_path / "current.ckpt")["train_state"]["update"] == 3
     assert read_records(tmp_path, "train")[-1]["update"] == 3
+
+
+def test_resume_reports_every_changed_key_that_affects_training(tmp_path, caplog):
+    run_trainer(make_config(tmp_path, "training.max_updates=2"))
+    with caplog.at_level(logging.WARNING):
+        trainer = build_trainer(make_config(
+            tmp_path, "training.max_updates=4", "checkpoint.resume=true", "optimizer.params.lr=0.02",
+            "scheduler.params.min_lr=0.001", "model_config.toy_albef.dropout=0.1",
+            "training.log_interval=7", "training.progress_bar=true"))
+    trainer.close()
+    (line,) = [r.message for r in caplog.records if "differs from the checkpoint" in r.message]
+    for change in ("optimizer.params.lr: 0.01 -> 0.02", "scheduler.params.min_lr: 0.0001 -> 0.001",
+                   "model_config.toy_albef.dropout: 0.2 -> 0.1", "training.max_updates: 2 -> 4"):
+        assert change in line, line
+    assert "log_interval" not in line and "progress_bar" not in line and "resume" not in line
+
+
+def test_a_resumed_run_logs_each_update_once(tmp_path):
+    import shutil
+
+    run_trainer(make_config(tmp_path, "training.max_updates=4", "training.checkpoint_interval=2"))
+    # as if killed after update 4 was logged but before its checkpoint: current.ckpt is update 2
+    shutil.copyfile(tmp_path / "models" / "model_2.ckpt", tmp_path / "current.ckpt")
+    run_trainer(make_config(tmp_path, "training.max_updates=6", "training.checkpoint_interval=2",
+                            "checkpoint.resume=true"))
+    assert [r["update"] for r in read_records(tmp_path, "train")] == [1, 2, 3, 4, 5, 6]

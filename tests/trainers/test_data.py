@@ -78,3 +78,34 @@ def test_loader_refuses_batch_larger_than_the_data():
     with pytest.raises(ValueError, match="training.batch_size=8"):
         build_train_loader(ToyDataset(5, []), toy_collate, batch_size=8, seed=0, rank=0, world_size=1,
                            num_workers=0, pin_memory=False, persistent_workers=False)
+
+
+def test_seeding_a_sample_never_touches_the_cuda_generators(monkeypatch):
+    """A batch loaded in the main process must not reset the model's CUDA random stream."""
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: reseeded.append(seed))
+    dataset = SeededSamples(ToyDataset(4, []), seed=5)
+    first = dataset[(1, 2)]["image"]
+    assert torch.equal(first, dataset[(1, 2)]["image"])
+    assert reseeded == []
+
+
+def test_partial_batches_are_padded_to_full_size_and_empty_ones_stay_empty():
+    from albef_plugin.trainers.data import pad_batch
+
+    batch = {"image": torch.arange(2.0).view(2, 1), "image_id": torch.tensor([7, 9]),
+             "text": ["a", "b"], "num_skipped": 2}
+    padded = pad_batch(batch, 4)
+    assert padded["image"].flatten().tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert padded["image_id"].tolist() == [7, 9, 7, 9]        # repeats keep their image id
+    assert padded["text"] == ["a", "b", "a", "b"] and padded["num_skipped"] == 2
+    assert pad_batch({}, 4) == {}
+
+    dataset = ToyDataset(8, skip=[0, 1, 2])                     # the first batch loses 3 of 4
+    loader, sampler = build_train_loader(dataset, toy_collate, batch_size=4, seed=0, rank=0,
+                                         world_size=1, num_workers=0, pin_memory=False,
+                                         persistent_workers=False)
+    sampler.shuffle = False
+    position, first, skipped = EpochBatchIterator(loader, sampler).next()
+    assert skipped == 3 and first["index"].tolist() == [3, 3, 3, 3]

@@ -118,6 +118,23 @@ def test_an_all_skipped_batch_is_passed_over(tmp_path):
     assert first["num_skipped"] == 4 and "total_loss" not in first
 
 
+def test_a_batch_collated_to_none_is_passed_over(tmp_path):
+    """ImageTextCollate returns None when on_unreadable=drop dropped every sample."""
+    trainer = build_trainer(make_config(tmp_path, "training.max_updates=3"))
+    collate = trainer.batches.loader.collate_fn
+    calls = []
+
+    def first_batch_all_dropped(samples):
+        calls.append(len(samples))
+        return None if len(calls) == 1 else collate(samples)
+
+    trainer.batches.loader.collate_fn = first_batch_all_dropped
+    trainer.run()
+    assert trainer.state.update == 3 and int(trainer.model.num_train_forwards) == 2
+    first = read_records(tmp_path, "train")[0]
+    assert first["num_skipped"] == 4 and "total_loss" not in first
+
+
 def test_outputs_metrics_tensorboard_log_and_png(tmp_path):
     run_trainer(make_config(tmp_path, "run_type=train_val", "training.max_updates=4",
                             "training.log_interval=2", "training.evaluation_interval=2",

@@ -20,6 +20,7 @@ OmegaConf (slow on the hot path, and it breaks ``torch.compile`` graphs).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -147,7 +148,6 @@ class ALBEFBase(BaseModel):
 
     @classmethod
     def tiny_overrides(cls) -> Dict[str, Any]:
-        import copy
         return copy.deepcopy(TINY_ALBEF_OVERRIDES)
 
     # ------------------------------------------------------------------ public API
