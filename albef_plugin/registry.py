@@ -1,6 +1,6 @@
 """Component registries: one per kind, with an MMF-style facade.
 
-Each kind of component (model, loss, dataset builder, ...) has its own
+Each kind of component (model, dataset builder, metric, ...) has its own
 :class:`Registry`, built on ``fvcore.common.registry.Registry`` and extended with
 string names, aliases, explicit overriding and "did you mean" errors.
 
@@ -25,6 +25,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 
 from fvcore.common.registry import Registry as _FvcoreRegistry
 
+from albef_plugin.errors import UserError
+
 __all__ = [
     "Registry",
     "DuplicateNameError",
@@ -38,7 +40,7 @@ class DuplicateNameError(ValueError):
     """A name (or alias) is already taken in a registry."""
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(UserError, KeyError):
     """A name is not in a registry; the message suggests the closest names."""
 
     def __str__(self) -> str:  # KeyError would repr() the message and quote it
@@ -155,14 +157,12 @@ class Registry(_FvcoreRegistry):
         return iter(self._obj_map.items())
 
 
-# One registry per component kind.
+# One registry per component kind that a config can select by name. (Encoders and losses are
+# not registries: models build them from their typed config; see models/albef/base.py.)
 MODELS = Registry("model")
-ENCODERS = Registry("encoder")
-LOSSES = Registry("loss")
 PROCESSORS = Registry("processor")
 DATASET_BUILDERS = Registry("dataset builder")
 TRAINERS = Registry("trainer")
-CALLBACKS = Registry("callback")
 OPTIMIZERS = Registry("optimizer")
 SCHEDULERS = Registry("scheduler")
 METRICS = Registry("metric")
@@ -171,12 +171,9 @@ LAUNCHERS = Registry("launcher")
 # facade suffix -> registry; gives register_<suffix> and get_<suffix>_class
 REGISTRIES: Dict[str, Registry] = {
     "model": MODELS,
-    "encoder": ENCODERS,
-    "loss": LOSSES,
     "processor": PROCESSORS,
     "builder": DATASET_BUILDERS,
     "trainer": TRAINERS,
-    "callback": CALLBACKS,
     "optimizer": OPTIMIZERS,
     "scheduler": SCHEDULERS,
     "metric": METRICS,

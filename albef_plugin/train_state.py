@@ -16,6 +16,11 @@ class TrainState:
         iterations_per_epoch: batches per epoch on this rank (len of the train loader).
         alpha: distillation weight for the next forward, set by the trainer from
             ``model.alpha_for(state)``; None means "use the model's configured alpha".
+        first_micro_batch: True when this forward is the first micro-batch of an optimizer
+            update (set by the trainer with ``training.update_frequency > 1``). Models with a
+            momentum (EMA) encoder step it only then: once per update, not once per
+            micro-batch with the same online weights. A loop of its own that leaves it True
+            gets the official behaviour (an EMA step every training forward).
     """
 
     epoch: int = 0
@@ -23,6 +28,7 @@ class TrainState:
     iteration_in_epoch: int = 0
     iterations_per_epoch: int = 1
     alpha: Optional[float] = None
+    first_micro_batch: bool = True
 
     @property
     def epoch_progress(self) -> float:

@@ -54,19 +54,19 @@ def test_unknown_name_suggests_closest():
 
 
 def test_facade_register_get_list():
-    @registry.register_loss("test_facade_loss_xyz")
-    class FacadeLoss:
+    @registry.register_processor("test_facade_processor_xyz")
+    class FacadeProcessor:
         pass
 
     try:
-        assert registry.get_loss_class("test_facade_loss_xyz") is FacadeLoss
-        assert "test_facade_loss_xyz" in registry.list_losses()
+        assert registry.get_processor_class("test_facade_processor_xyz") is FacadeProcessor
+        assert "test_facade_processor_xyz" in registry.list_processors()
         with pytest.raises(DuplicateNameError):
-            registry.register_loss("test_facade_loss_xyz")(type("Other", (), {}))
+            registry.register_processor("test_facade_processor_xyz")(type("Other", (), {}))
     finally:
-        from albef_plugin.registry import LOSSES
+        from albef_plugin.registry import PROCESSORS
 
-        LOSSES._drop("test_facade_loss_xyz")
+        PROCESSORS._drop("test_facade_processor_xyz")
 
 
 def test_facade_unknown_kind_is_attribute_error():
@@ -75,7 +75,15 @@ def test_facade_unknown_kind_is_attribute_error():
 
 
 def test_every_kind_has_a_registry():
-    for kind in ("model", "encoder", "loss", "processor", "builder", "trainer", "callback",
-                 "optimizer", "scheduler", "metric", "launcher"):
+    for kind in ("model", "processor", "builder", "trainer", "optimizer", "scheduler", "metric",
+                 "launcher"):
         assert callable(getattr(registry, f"register_{kind}"))
         assert callable(getattr(registry, f"get_{kind}_class"))
+
+
+def test_no_registry_for_components_nothing_selects():
+    """Encoders and losses are built by the models from their typed config, and the trainer
+    has no callbacks: registries of those would hold names no config could select."""
+    for kind in ("encoder", "loss", "callback"):
+        with pytest.raises(AttributeError, match="kinds are"):
+            getattr(registry, f"register_{kind}")

@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
+from albef_plugin.errors import USER_ERROR_EXIT_CODE, UserError  # noqa: E402
+
 logger = logging.getLogger("convert_checkpoint")
 
 
@@ -36,7 +38,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", help="official .pth, our .ckpt / .safetensors / folder")
-    parser.add_argument("dst", help="output folder (created)")
+    parser.add_argument("dst", help="output folder (created; an existing one needs --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace model.safetensors / config.yaml in an existing DST folder")
     parser.add_argument("--model", default="albef_pretrain", help="registered model name")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE",
@@ -48,9 +52,34 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def refuse_existing_destination(dst: Path, overwrite: bool) -> None:
+    """An existing, non-empty DST is only written with --overwrite."""
+    if overwrite or not dst.exists():
+        return
+    if dst.is_dir() and not any(dst.iterdir()):
+        return
+    kind = "folder holding " + ", ".join(sorted(p.name for p in dst.iterdir())[:5]) \
+        if dst.is_dir() else "file"
+    raise UserError(f"{dst} already exists (a {kind}): choose another output folder, or pass "
+                    f"--overwrite to replace its model.safetensors and config.yaml.")
+
+
 def main(argv: Optional[List[str]] = None) -> Path:
+    """Convert; a user error (existing DST, unreadable or unsafe source) ends in one
+    ``error:`` line and exit code 2."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from albef_plugin.models.checkpoints import CheckpointError
+
+    try:
+        refuse_existing_destination(Path(args.dst), args.overwrite)
+        return convert(args)
+    except (UserError, CheckpointError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_CODE)
+
+
+def convert(args: argparse.Namespace) -> Path:
     from omegaconf import OmegaConf
 
     from albef_plugin.inference import overrides_for_checkpoint, save_converted

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
@@ -26,6 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from albef_plugin.config.schema import RootConfig
+from albef_plugin.errors import UserError
 from albef_plugin.registry import DATASET_BUILDERS, MODELS, UnknownNameError
 
 logger = logging.getLogger(__name__)
@@ -36,8 +38,15 @@ DEFAULTS_YAML = PACKAGE_DIR / "configs" / "defaults.yaml"
 INCLUDE_SEARCH_PATH = (Path.cwd(), PACKAGE_DIR.parent, PACKAGE_DIR / "configs")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem the user can fix; the message says what and how."""
+
+
+class UnknownKeyError(ConfigError, KeyError):
+    """A key that the component reading that config section does not know."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message and quote it
+        return str(self.args[0]) if self.args else ""
 
 
 # --------------------------------------------------------------------------- parsing
@@ -142,7 +151,8 @@ def merge_checked(base: DictConfig, other: Any, source: str, path_prefix: str = 
         raise ConfigError(f"Unknown config key {full_key!r} (from {source}).{hint}") from None
     except ValidationError as exc:
         full_key = f"{path_prefix}{exc.full_key}"
-        raise ConfigError(f"Invalid value for {full_key!r} (from {source}): {exc.msg}") from None
+        message = str(exc.msg).splitlines()[0]  # omegaconf appends full_key / object_type lines
+        raise ConfigError(f"Invalid value for {full_key!r} (from {source}): {message}") from None
     except OmegaConfBaseException as exc:
         raise ConfigError(f"Cannot merge config from {source}: {exc}") from None
 
@@ -222,9 +232,89 @@ def build_config(opts: Optional[Sequence[str]] = None, *, import_plugins: bool =
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"Cannot resolve an interpolation (${{...}}) in the config: {exc}") from None
+        missing_env = re.search(r"Environment variable '([^']+)' not found", str(exc))
+        key = getattr(exc, "full_key", None) or "a config value"
+        if missing_env:
+            name = missing_env.group(1)
+            raise ConfigError(f"environment variable {name} is not set ({key} reads it): export "
+                              f"{name}=<value>, or set the key that reads it on the command line "
+                              f"(e.g. env.data_dir=<folder> for ALBEF_DATA_DIR).") from None
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"Cannot resolve an interpolation (${{...}}) of {key}: {first_line}") from None
+    cfg.evaluation.metrics = _checked_metrics(cfg.evaluation.metrics)
     OmegaConf.set_struct(cfg, True)
+    validate_config(cfg, model_cls)
     return cfg
+
+
+def _checked_metrics(metrics: Any) -> List[Any]:
+    """``evaluation.metrics`` as ``{type, params}`` entries, each params checked against (and
+    completed from) its metric's ``Config``, so a typo fails here rather than in the job."""
+    import albef_plugin.metrics  # noqa: F401  (the built-in metrics; plugins were imported above)
+    from albef_plugin.metrics.base import parse_metric_specs
+
+    return [{"type": spec.type, "params": spec.params} for spec in parse_metric_specs(metrics)]
+
+
+# ------------------------------------------------------------------------ validation
+RUN_TYPES = ("train", "val", "test", "train_val", "train_test", "train_val_test")
+
+
+def validate_config(cfg: DictConfig, model_cls: type) -> None:
+    """Values the schema's types cannot check, at start-up instead of deep inside a run.
+
+    Ranges of the training keys; the smallest batch the model can learn from (its class
+    attribute ``min_batch_size_per_rank``: 2 for in-batch ITC / ITM negatives); the
+    ``params`` of the optimizer and scheduler (through their ``check_params``).
+    """
+    if cfg.run_type not in RUN_TYPES:
+        raise ConfigError(f"run_type={cfg.run_type!r}: expected one of {', '.join(RUN_TYPES)}.")
+    training = cfg.training
+    _at_least(training, "batch_size", 1)
+    _at_least(training, "update_frequency", 1)
+    _at_least(training, "num_workers", 0)
+    for key in ("log_interval", "checkpoint_interval", "evaluation_interval"):
+        _at_least(training, key, 0)
+    if training.max_updates is not None:
+        _at_least(training, "max_updates", 0, "(use null to train for training.max_epochs)")
+    if training.max_epochs is not None:
+        _at_least(training, "max_epochs", 1)
+    _at_least(training.divergence, "window", 1, prefix="training.divergence")
+    _at_least(training.divergence, "loss_spike_factor", 0, prefix="training.divergence")
+    _at_least(training.divergence, "max_weight_norm_growth", 0, prefix="training.divergence")
+    _at_least(cfg.evaluation, "batch_size", 1, prefix="evaluation")
+    minimum = int(getattr(model_cls, "min_batch_size_per_rank", 1))
+    if cfg.run_type.startswith("train") and training.batch_size < minimum:
+        raise ConfigError(
+            f"training.batch_size={training.batch_size}: model {cfg.model} needs at least "
+            f"{minimum} samples per process (its contrastive / image-text matching losses take "
+            f"their negatives from the batch; with fewer they are 0 and nothing is learned). Set "
+            f"training.batch_size>={minimum}.")
+    _check_component_params(cfg)
+
+
+def _at_least(node: DictConfig, key: str, minimum: float, hint: str = "",
+              prefix: str = "training") -> None:
+    value = node[key]
+    if value < minimum:
+        raise ConfigError(f"{prefix}.{key}={value}: must be >= {minimum}. {hint}".rstrip())
+
+
+def _check_component_params(cfg: DictConfig) -> None:
+    """``optimizer.params`` / ``scheduler.params`` checked by their registered component."""
+    from albef_plugin.registry import registry
+
+    for kind, getter in (("optimizer", registry.get_optimizer_class),
+                         ("scheduler", registry.get_scheduler_class)):
+        section = cfg[kind]
+        try:
+            component = getter(section.type)
+        except UnknownNameError as exc:
+            raise ConfigError(f"{kind}.type={section.type!r}: {exc}") from None
+        check = getattr(component, "check_params", None)
+        if check is not None:
+            params = OmegaConf.to_container(section.params, resolve=True) if section.params else {}
+            check(params)
 
 
 def _check_component_keys(node: DictConfig, model_key: str, dataset_keys: Iterable[str],

@@ -16,9 +16,17 @@ from typing import Any, Dict, List, Optional
 @dataclass
 class EarlyStopConfig:
     enabled: bool = False
-    criteria: str = "val/r_mean"      # any key logged at evaluation
+    criteria: str = "val/r_mean"      # a logged val key, or <split>/<name> (the first dataset's)
     minimize: bool = False
     patience: int = 1000              # in updates without improvement
+
+
+@dataclass
+class DivergenceConfig:
+    """When a run counts as diverged: it then stops, naming its last verified checkpoint."""
+    loss_spike_factor: float = 10.0    # total loss above this x the recent median; 0 disables
+    window: int = 100                  # micro-batches the median covers
+    max_weight_norm_growth: float = 10.0  # weight-norm ratio between checkpoint writes; 0 disables
 
 
 @dataclass
@@ -44,18 +52,22 @@ class TrainingConfig:
     progress_bar: bool = True
     plot: bool = True                  # PNG of loss curves and metrics at the end
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
 
 
 @dataclass
 class EvaluationConfig:
-    metrics: List[str] = field(default_factory=lambda: ["retrieval"])
-    batch_size: int = 64               # per process
-    k_test: int = 128                  # candidates re-ranked by ITM
-    itm_rerank: bool = True            # also report ITM re-ranked recalls
-    itm_plus_itc: bool = False         # LAVIS-style score (ITM logit + ITC sim); official: False
-    num_workers: int = 2               # image loader workers during evaluation
-    text_batch_size: int = 256         # captions encoded per call
-    itm_pairs_per_call: int = 512      # image-text pairs per fusion call when re-ranking
+    """What is evaluated and the loader sizes every metric shares.
+
+    ``metrics`` lists registered metrics, each a name (its defaults) or
+    ``{type: <name>, params: {...}}``; the parameters live in the metric's own ``Config``
+    (e.g. ``retrieval``: ``k_test``, ``itm_rerank``; ``accuracy``: ``save_predictions``),
+    checked at start-up (see ``albef_plugin/metrics/base.py``).
+    """
+
+    metrics: List[Any] = field(default_factory=lambda: ["retrieval"])
+    batch_size: int = 64               # samples per evaluation batch, per process
+    num_workers: int = 2               # data-loader workers during evaluation
 
 
 @dataclass
@@ -81,6 +93,7 @@ class ResetConfig:
 @dataclass
 class CheckpointConfig:
     resume: bool = False               # continue from <save_dir>/current.ckpt if present
+    overwrite: bool = False            # a fresh run into a save_dir holding a run deletes it first
     resume_file: Optional[str] = None  # continue from this file (see MMF's precedence)
     resume_best: bool = False          # with resume: prefer best.ckpt over current.ckpt
     resume_pretrained: bool = False    # resume_file holds weights only: load the model, nothing else
@@ -126,7 +139,10 @@ class LauncherConfig:
 class RootConfig:
     config: Optional[str] = None       # the project YAML (set by the loader)
     includes: List[str] = field(default_factory=list)
-    run_type: str = "train_val"        # train | val | test | train_val | train_test | train_val_test
+    # train | val | test | train_val | train_test | train_val_test. "val" and "test" name split
+    # roles: every split a dataset declares in that role is evaluated (grounding's testA and
+    # testB for "test"); periodic evaluation and best.ckpt use the "val" role.
+    run_type: str = "train_val"
     model: str = "???"
     datasets: str = "???"              # comma-separated dataset builder names
     model_config: Dict[str, Any] = field(default_factory=dict)

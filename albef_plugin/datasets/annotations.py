@@ -16,13 +16,15 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple, Union
 
+from albef_plugin.errors import UserError
+
 __all__ = ["AnnotationError", "load_annotations", "resolve_image_path",
            "PRETRAIN_FIELDS", "RE_TRAIN_FIELDS", "RE_EVAL_FIELDS"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """An annotation file is missing, not JSON, or has an entry of the wrong shape."""
 
 

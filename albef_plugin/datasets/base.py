@@ -8,6 +8,15 @@ A builder turns its config into datasets and collate functions::
     train_set = builder.build("train")  # every rank
     loader = DataLoader(train_set, collate_fn=builder.collate_fn("train"), ...)
 
+Named splits. A builder declares its splits and the role of each in ``split_roles``
+(``{name: role}``; override :meth:`BaseDatasetBuilder.splits` when they depend on the
+config). Roles are ``train`` (trained on; concatenated when several), ``val`` (periodic
+evaluation during training and ``best.ckpt``; ``run_type=..._val``) and ``test``
+(``run_type=..._test``). The default is ``{train: train, val: val, test: test}``;
+grounding declares ``{train: train, val: val, testA: test, testB: test}``, so
+``run_type=test`` evaluates testA and testB; a VQA builder may declare only train and test.
+Metrics are logged as ``<split name>/<dataset>/<metric>``.
+
 ``config`` is an OmegaConf ``DictConfig`` of the builder's nested ``Config`` dataclass
 (defaults merged with ``config_path()`` YAML and the user's settings). Relative paths
 in it are taken from ``config.data_dir``.
@@ -17,15 +26,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 __all__ = ["BaseDatasetBuilder", "ProcessorSpec", "ProcessorsConfig", "SplitFilesConfig", "SPLITS",
-           "DATASET_CONFIG_DIR"]
+           "SPLIT_ROLES", "DEFAULT_SPLIT_ROLES", "DATASET_CONFIG_DIR", "check_split_roles"]
 
-SPLITS = ("train", "val", "test")
+SPLIT_ROLES = ("train", "val", "test")
+# the splits of a builder that declares none (and of builders that do not subclass the base)
+DEFAULT_SPLIT_ROLES: Mapping[str, str] = MappingProxyType({"train": "train", "val": "val", "test": "test"})
+SPLITS = tuple(DEFAULT_SPLIT_ROLES)  # the default split names
 DATASET_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "datasets"
 
 
@@ -62,6 +75,8 @@ class BaseDatasetBuilder:
     """
 
     name: ClassVar[str] = "base"
+    # split name -> role (train | val | test); see the module docstring
+    split_roles: ClassVar[Mapping[str, str]] = DEFAULT_SPLIT_ROLES
 
     @dataclass
     class Config:
@@ -98,6 +113,10 @@ class BaseDatasetBuilder:
         return node
 
     # ----------------------------------------------------------- contract
+    def splits(self) -> Dict[str, str]:
+        """This builder's splits, ``{name: role}`` in order (default: ``split_roles``)."""
+        return dict(self.split_roles)
+
     def prepare(self) -> None:
         """Main-rank-only work before any rank builds datasets (default: nothing)."""
 
@@ -113,10 +132,14 @@ class BaseDatasetBuilder:
         return f"dataset_config.{self.name}.{key}"
 
     def check_split(self, split: str) -> str:
-        if split not in SPLITS:
-            raise ValueError(f"Dataset {self.name!r}: unknown split {split!r}; splits are "
-                             f"{', '.join(SPLITS)}.")
+        if split not in self.splits():
+            raise ValueError(f"Dataset {self.name!r}: unknown split {split!r}; its splits are "
+                             f"{', '.join(self.splits())}.")
         return split
+
+    def split_role(self, split: str) -> str:
+        """``train``, ``val`` or ``test``: what ``split`` is used for."""
+        return self.splits()[self.check_split(split)]
 
     def resolve_path(self, path: str) -> str:
         """``path`` itself when absolute, else joined to ``data_dir`` ("" is ``data_dir``)."""
@@ -124,3 +147,16 @@ class BaseDatasetBuilder:
         if os.path.isabs(path):
             return path
         return os.path.join(os.path.expanduser(str(self.config.data_dir)), path)
+
+
+def check_split_roles(dataset: str, splits: Mapping[str, str]) -> Dict[str, str]:
+    """A builder's ``{split: role}`` declaration, checked: roles known, names usable in keys."""
+    splits = dict(splits)
+    for split, role in splits.items():
+        if role not in SPLIT_ROLES:
+            raise ValueError(f"Dataset {dataset!r} declares split {split!r} with role {role!r}; "
+                             f"roles are {', '.join(SPLIT_ROLES)}.")
+        if not isinstance(split, str) or not split or "/" in split:
+            raise ValueError(f"Dataset {dataset!r} declares a split named {split!r}; split names "
+                             f"are non-empty and contain no '/' (they start logged keys).")
+    return splits

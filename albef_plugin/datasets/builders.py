@@ -70,8 +70,8 @@ class JsonImageTextBuilder(BaseDatasetBuilder):
         return self._text_processor
 
     def image_processor(self, split: str) -> Any:
-        """The train augmentation for ``train``, the eval transform otherwise."""
-        key = "train_image" if self.check_split(split) == "train" else "eval_image"
+        """The train augmentation for a train-role split, the eval transform otherwise."""
+        key = "train_image" if self.split_role(split) == "train" else "eval_image"
         return build_processor(self.config.processors[key], where=self.config_key(f"processors.{key}"),
                                image_size=int(self.config.image_size))
 
@@ -90,7 +90,7 @@ class JsonImageTextBuilder(BaseDatasetBuilder):
     # ------------------------------------------------------------ contract
     def build(self, split: str) -> Dataset:
         files = self.annotation_files(split)
-        if split == "train":
+        if self.split_role(split) == "train":
             return self._build_train(files)
         return RetrievalEvalDataset(files, self.image_root(), self.image_processor(split),
                                     self.text_processor)
@@ -99,7 +99,7 @@ class JsonImageTextBuilder(BaseDatasetBuilder):
         raise NotImplementedError
 
     def collate_fn(self, split: str) -> Callable[[List[Any]], Any]:
-        if self.check_split(split) == "train":
+        if self.split_role(split) == "train":
             return ImageTextCollate(self.text_processor)
         return EvalImageCollate()
 

@@ -11,11 +11,9 @@ from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from albef_plugin.registry import registry
 
-__all__ = ["itc_loss", "diagonal_targets", "soft_cross_entropy", "ITCLoss"]
+__all__ = ["itc_loss", "diagonal_targets", "soft_cross_entropy"]
 
 Alpha = Union[float, torch.Tensor]
 
@@ -68,12 +66,3 @@ def itc_loss(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor,
     loss_t2i = soft_cross_entropy(sim_t2i, _soft_targets(hard, sim_t2i_m, alpha)).mean()
     return (loss_i2t + loss_t2i) / 2
 
-
-@registry.register_loss("itc")
-class ITCLoss(nn.Module):
-    """Module form of :func:`itc_loss` (same arguments)."""
-
-    def forward(self, sim_i2t: torch.Tensor, sim_t2i: torch.Tensor,
-                sim_i2t_m: Optional[torch.Tensor] = None, sim_t2i_m: Optional[torch.Tensor] = None,
-                alpha: Alpha = 0.0, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return itc_loss(sim_i2t, sim_t2i, sim_i2t_m, sim_t2i_m, alpha, targets)

@@ -16,11 +16,9 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from albef_plugin.registry import registry
 
-__all__ = ["positive_mask_from_ids", "sample_hard_negatives", "itm_labels", "itm_loss", "ITMLoss"]
+__all__ = ["positive_mask_from_ids", "sample_hard_negatives", "itm_labels", "itm_loss"]
 
 
 def positive_mask_from_ids(image_ids: Optional[torch.Tensor], batch_size: int,
@@ -119,11 +117,3 @@ def itm_loss(logits: torch.Tensor, labels: Optional[torch.Tensor] = None,
     weights = valid.to(per_pair.dtype)
     return (per_pair * weights).sum() / weights.sum().clamp_min(1.0)
 
-
-@registry.register_loss("itm")
-class ITMLoss(nn.Module):
-    """Module form of :func:`itm_loss` (same arguments)."""
-
-    def forward(self, logits: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                valid: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return itm_loss(logits, labels, valid)

@@ -13,12 +13,10 @@ from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from albef_plugin.registry import registry
 
 __all__ = ["IGNORE_INDEX", "mask_tokens", "masked_capacity", "select_masked_positions",
-           "mlm_loss", "MLMLoss"]
+           "mlm_loss"]
 
 IGNORE_INDEX = -100
 
@@ -119,12 +117,3 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor, logits_m: Optional[torc
     distill = (token_distill * has_label).sum() / count
     return (1 - alpha) * loss + alpha * distill
 
-
-@registry.register_loss("mlm")
-class MLMLoss(nn.Module):
-    """Module form of :func:`mlm_loss` (same arguments)."""
-
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor,
-                logits_m: Optional[torch.Tensor] = None,
-                alpha: Union[float, torch.Tensor] = 0.0) -> torch.Tensor:
-        return mlm_loss(logits, labels, logits_m, alpha)

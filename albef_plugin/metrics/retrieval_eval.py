@@ -14,18 +14,17 @@ Like the official code, every rank encodes the whole evaluation set (it is small
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, ContextManager, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from albef_plugin.distributed import unwrap_model
+from albef_plugin.metrics.base import BaseMetric, EvalContext, as_context, autocast_for
 from albef_plugin.metrics.itm_rerank import rerank_top_k
 from albef_plugin.metrics.retrieval import itm_eval
 from albef_plugin.registry import registry
@@ -34,24 +33,7 @@ __all__ = ["EncodedRetrievalSet", "RetrievalEvaluator", "RetrievalScores", "auto
 
 logger = logging.getLogger(__name__)
 
-_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _REQUIRED_DATASET_ATTRIBUTES = ("texts", "img2txt", "txt2img", "text_processor")
-
-
-def autocast_for(device: torch.device, precision: str) -> ContextManager[Any]:
-    """Autocast context for ``precision`` (fp32 | bf16 | fp16 | auto) on ``device``.
-
-    ``auto`` means bf16 on CUDA and fp32 elsewhere, as ``training.precision``.
-    """
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not supported; use one of "
-                         f"{', '.join(['auto', *_PRECISIONS])}.")
-    dtype = _PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @dataclass
@@ -91,53 +73,35 @@ class RetrievalScores:
 
 
 @registry.register_metric("retrieval")
-class RetrievalEvaluator:
+class RetrievalEvaluator(BaseMetric):
     """Recall@1/5/10 of text and image retrieval, from ITC and from ITM re-ranking.
 
-    ``config`` is the ``evaluation`` node of the run config (or any mapping / dataclass);
-    the keys of :class:`RetrievalEvaluator.Config` found there are used, other keys
-    (``metrics``, ``predict_file``) are ignored. Keyword arguments override both.
+    Parameters (``evaluation.metrics: [{type: retrieval, params: {...}}]``) are the fields
+    of :class:`RetrievalEvaluator.Config`. Image batches and loader workers come from the
+    :class:`~albef_plugin.metrics.base.EvalContext` (``evaluation.batch_size`` /
+    ``num_workers``).
     """
 
     @dataclass
     class Config:
-        batch_size: int = 64              # images per encoding batch (official test batch 64)
         k_test: int = 128                 # candidates re-ranked by ITM (official: 256 COCO, 128 Flickr)
         itm_rerank: bool = True           # also compute the ITM re-ranked recalls (itm_*)
         itm_plus_itc: bool = False        # LAVIS scoring: ITM logit + ITC sim (not the official ALBEF)
-        num_workers: int = 2              # DataLoader workers for the images
         text_batch_size: int = 256        # captions per text-encoder batch (official 256)
         itm_pairs_per_call: int = 512     # (query, candidate) pairs per fusion-encoder call (official: k_test)
 
     def __init__(self, config: Union[None, Mapping[str, Any], Any] = None, **overrides: Any) -> None:
-        self.config = self._resolve_config(config, overrides)
+        super().__init__(config, **overrides)
         self.timings: Dict[str, float] = {}  # seconds per stage of the last evaluate()
 
-    @classmethod
-    def _resolve_config(cls, config: Any, overrides: Mapping[str, Any]) -> "RetrievalEvaluator.Config":
-        names = [f.name for f in dataclasses.fields(cls.Config)]
-        unknown = sorted(set(overrides) - set(names))
-        if unknown:
-            raise TypeError(f"RetrievalEvaluator got unknown option(s) {unknown}; "
-                            f"known: {', '.join(names)}.")
-        values: Dict[str, Any] = {}
-        if config is not None:
-            for name in names:
-                # works for dicts, OmegaConf nodes (struct mode included) and dataclasses
-                value = config.get(name, None) if hasattr(config, "get") else getattr(config, name, None)
-                if value is not None:
-                    values[name] = value
-        values.update(overrides)
-        resolved = cls.Config(**values)
-        for name in ("batch_size", "k_test", "num_workers", "text_batch_size", "itm_pairs_per_call"):
-            minimum = 0 if name == "num_workers" else 1
-            if int(getattr(resolved, name)) < minimum:
-                raise ValueError(f"evaluation.{name}={getattr(resolved, name)} must be >= {minimum}.")
-        return resolved
+    def check_config(self, config: "RetrievalEvaluator.Config") -> None:
+        for name in ("k_test", "text_batch_size", "itm_pairs_per_call"):
+            if int(getattr(config, name)) < 1:
+                raise ValueError(f"{name}={getattr(config, name)} must be >= 1.")
 
     # ------------------------------------------------------------------ public
-    def evaluate(self, model: torch.nn.Module, dataset: Any, device: Union[str, torch.device],
-                 precision: str = "fp32") -> Dict[str, float]:
+    def evaluate(self, model: torch.nn.Module, dataset: Any,
+                 context: Union[EvalContext, str, torch.device] = "cpu") -> Dict[str, float]:
         """Retrieval recalls of ``model`` on ``dataset``.
 
         Args:
@@ -146,14 +110,14 @@ class RetrievalEvaluator:
                 restored afterwards.
             dataset: a retrieval evaluation dataset (``__getitem__(i) -> {"image", "index"}``,
                 ``texts``, ``img2txt``, ``txt2img``, ``text_processor``).
-            device: where to run.
-            precision: fp32 | bf16 | fp16 | auto (autocast for the forward passes).
+            context: an :class:`EvalContext` (device, precision, loader sizes) or a device.
 
         Returns:
             ``itc_<key>`` and, with ``itm_rerank``, ``itm_<key>`` for every key of
             :func:`~albef_plugin.metrics.retrieval.itm_eval`, as plain floats.
         """
-        scores = self.compute_scores(model, dataset, device, precision)
+        context = as_context(context)
+        scores = self.compute_scores(model, dataset, context)
         start = time.perf_counter()
         metrics = {f"itc_{key}": value for key, value in
                    itm_eval(scores.itc_i2t, scores.itc_i2t.t(), dataset.img2txt, dataset.txt2img).items()}
@@ -168,22 +132,27 @@ class RetrievalEvaluator:
                     ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items() if k != "total_s"))
         return metrics
 
-    def compute_scores(self, model: torch.nn.Module, dataset: Any, device: Union[str, torch.device],
-                       precision: str = "fp32") -> RetrievalScores:
-        """The ITC and (with ``itm_rerank``) ITM score matrices; see :meth:`evaluate`."""
+    def compute_scores(self, model: torch.nn.Module, dataset: Any,
+                       context: Union[EvalContext, str, torch.device] = "cpu",
+                       precision: Optional[str] = None) -> RetrievalScores:
+        """The ITC and (with ``itm_rerank``) ITM score matrices; see :meth:`evaluate`.
+
+        ``precision``, when given, overrides the context's.
+        """
         _check_dataset(dataset)
-        device = torch.device(device)
+        context = as_context(context)
+        device, precision = context.device, precision or context.precision
         model = unwrap_model(model)
         if self.config.itm_rerank and not hasattr(model, "itm_logits"):
-            raise TypeError(f"{type(model).__name__} has no itm_logits(); set "
-                            f"evaluation.itm_rerank=false to evaluate with ITC only.")
+            raise TypeError(f"{type(model).__name__} has no itm_logits(); evaluate with ITC only: "
+                            f"evaluation.metrics=[{{type: retrieval, params: {{itm_rerank: false}}}}].")
         self.timings = {}
         was_training = model.training
         model.eval()
         try:
             with torch.inference_mode(), autocast_for(device, precision):
                 start = time.perf_counter()
-                encoded = self.encode(model, dataset, device)
+                encoded = self.encode(model, dataset, context)
                 itc_i2t = encoded.itc_similarity()
                 self.timings["encode_s"] = _elapsed_since(start, device)
                 scores = RetrievalScores(itc_i2t=itc_i2t)
@@ -195,10 +164,12 @@ class RetrievalEvaluator:
             model.train(was_training)
         return scores
 
-    def encode(self, model: torch.nn.Module, dataset: Any, device: torch.device) -> EncodedRetrievalSet:
+    def encode(self, model: torch.nn.Module, dataset: Any,
+               context: Union[EvalContext, str, torch.device]) -> EncodedRetrievalSet:
         """Encode all captions and all images of ``dataset`` (call under inference mode)."""
-        text_embeds, text_masks, text_feats = self._encode_texts(model, dataset, device)
-        image_embeds, image_feats = self._encode_images(model, dataset, device)
+        context = as_context(context)
+        text_embeds, text_masks, text_feats = self._encode_texts(model, dataset, context.device)
+        image_embeds, image_feats = self._encode_images(model, dataset, context)
         return EncodedRetrievalSet(image_embeds, image_feats, text_embeds, text_masks, text_feats)
 
     # ---------------------------------------------------------------- encoding
@@ -222,10 +193,12 @@ class RetrievalEvaluator:
         text_masks = torch.cat([F.pad(m, (0, max_len - m.shape[1])) for m in masks])
         return text_embeds, text_masks, torch.cat(feats)
 
-    def _encode_images(self, model: torch.nn.Module, dataset: Any, device: torch.device):
-        loader = DataLoader(dataset, batch_size=self.config.batch_size, shuffle=False,
-                            num_workers=self.config.num_workers,
-                            pin_memory=device.type == "cuda")
+    def _encode_images(self, model: torch.nn.Module, dataset: Any, context: EvalContext):
+        # every rank encodes the whole set (re-ranking rows are split later); the default
+        # collate is enough for {"image", "index"} items
+        device = context.device
+        loader = DataLoader(dataset, batch_size=context.batch_size, shuffle=False,
+                            num_workers=context.num_workers, pin_memory=device.type == "cuda")
         num_images = len(dataset)
         image_embeds: Optional[torch.Tensor] = None
         image_feats: Optional[torch.Tensor] = None

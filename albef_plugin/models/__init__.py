@@ -15,8 +15,7 @@ from albef_plugin.models.base import BaseModel
 from albef_plugin.registry import registry
 
 # Importing the model modules runs their @registry decorators.
-from albef_plugin.models import vit as _vit  # noqa: F401  (registers encoder "vit")
-from albef_plugin.models import albef as _albef  # noqa: F401  (registers "albef_pretrain")
+from albef_plugin.models import albef as _albef  # noqa: F401  (registers the ALBEF family)
 from albef_plugin.models.checkpoints import LoadResult, load_checkpoint
 
 __all__ = ["BaseModel", "ModelConfigError", "build_model", "model_config", "default_model_config",

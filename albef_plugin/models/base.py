@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, is_dataclass
-from typing import Any, Dict, Optional, Set
+from typing import Any, ClassVar, Dict, Mapping, Optional, Set, Tuple
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -28,7 +29,14 @@ class BaseModel(nn.Module):
     Subclasses define a nested ``@dataclass Config``, optionally ``config_path()`` (a YAML of
     defaults merged over ``Config``), and ``forward(batch, train_state) -> dict`` whose
     ``"losses"`` maps names to scalar tensors (the trainer sums them).
+
+    Class attributes read by the tests over every registered model (tests/models/test_all_models.py):
+    ``params_without_grad`` lists (regexes of) trainable parameters that get no gradient from
+    the training forward by design; ``tiny_overrides()`` gives a few-second CPU size and
+    ``dummy_batch()`` a random training batch for the model at hand.
     """
+
+    params_without_grad: ClassVar[Tuple[str, ...]] = ()
 
     @dataclass
     class Config:
@@ -55,6 +63,25 @@ class BaseModel(nn.Module):
     def alpha_for(self, state: Optional[TrainState]) -> Optional[float]:
         """Distillation weight at this point of training; None for models without distillation."""
         return None
+
+    @classmethod
+    def tiny_overrides(cls) -> Dict[str, Any]:
+        """Config overrides for a tiny instance (tests, smoke runs)."""
+        raise NotImplementedError(f"{cls.__name__} defines no tiny_overrides()")
+
+    def dummy_batch(self, batch_size: int = 4, seed: int = 0) -> Dict[str, Any]:
+        """A random training batch this model accepts (tests, smoke runs)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no dummy_batch()")
+
+    def checkpoint_filter(self, state: Mapping[str, torch.Tensor]
+                          ) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+        """Map a read state dict onto this model (``load_checkpoint`` step 2).
+
+        Returns the state dict to load and ``{key: reason}`` of the differences that are
+        expected for that source (file keys not used, model keys not in the file). The default
+        renames nothing and expects no difference.
+        """
+        return dict(state), {}
 
     def no_weight_decay_keys(self) -> Set[str]:
         """Parameter names to exclude from weight decay beyond the trainer's default rule."""

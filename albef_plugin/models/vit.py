@@ -15,12 +15,10 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from albef_plugin.registry import registry
 
 __all__ = ["VisionEncoder"]
 
 
-@registry.register_encoder("vit")
 class VisionEncoder(VisionTransformer):
     """ViT returning all tokens after the final norm.
 

@@ -13,16 +13,19 @@ checkpoint can never run code. Only rank 0 writes.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import shutil
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+import zipfile
+from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
 # one error type and one safe torch.load for trainer checkpoints and model weights
+from albef_plugin.errors import UserError
 from albef_plugin.models.checkpoints import CheckpointError, safe_torch_load
 from albef_plugin.models.checkpoints.mapping import group_keys_by_prefix
 
@@ -46,22 +49,83 @@ MODELS_DIR = "models"
 _MODEL_FILE = re.compile(r"^model_(\d+)\.ckpt$")
 
 
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` to ``<path>.tmp``, then rename over ``path``."""
+class DiskFullError(UserError, OSError):
+    """A write failed for lack of space (or quota); the previous file is intact."""
+
+
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_LOW_SPACE_BYTES = 16 * 2**20
+
+
+def _caused_by_full_disk(exc: BaseException, folder: str) -> bool:
+    """Whether ``exc`` (or what it wraps) means the disk or quota is full.
+
+    ``torch.save`` reports a failed write as a RuntimeError from its C++ writer, with the
+    Python OSError of our file object only in the exception chain; when no errno is found
+    at all, an almost full disk is taken as the cause.
+    """
+    seen = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DISK_FULL_ERRNOS:
+            return True
+        current = current.__cause__ or current.__context__
+    if isinstance(exc, (OSError, RuntimeError)):
+        try:
+            return shutil.disk_usage(folder).free < _LOW_SPACE_BYTES
+        except OSError:
+            return False
+    return False
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def atomic_write(path: str, write: Callable[[BinaryIO], None], *, what: str = "file") -> None:
+    """``write(handle)`` into ``<path>.tmp``, then rename over ``path``.
+
+    On any failure the temporary file is removed (a partial checkpoint must not keep a
+    disk full) and ``path`` keeps its previous content; a full disk raises
+    :class:`DiskFullError` naming ``path``.
+    """
     tmp = path + ".tmp"
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as handle:
+            write(handle)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):  # don't leave a partial file behind
-            os.remove(tmp)
+    except BaseException as exc:
+        _remove_quietly(tmp)
+        folder = os.path.dirname(os.path.abspath(path))
+        if isinstance(exc, Exception) and _caused_by_full_disk(exc, folder):
+            free = shutil.disk_usage(folder).free / 2**20 if os.path.isdir(folder) else 0.0
+            kept = f"the previous {what} is intact" if os.path.exists(path) else f"no {what} was written"
+            raise DiskFullError(errno.ENOSPC, f"no space left on device writing {path} "
+                                f"({free:.0f} MB free; {kept}). Free some space (e.g. a lower "
+                                f"checkpoint.max_to_keep) and start again (checkpoint.resume=true "
+                                f"continues a run).") from exc
         raise
 
 
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save`` to ``<path>.tmp``, then rename over ``path`` (see :func:`atomic_write`).
+
+    The file object is ours (not a path handed to torch's C++ writer) so that a failed write
+    keeps its errno.
+    """
+    atomic_write(path, lambda handle: torch.save(obj, handle), what="checkpoint")
+
+
 def _atomic_copy(src: str, dst: str) -> None:
-    tmp = dst + ".tmp"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    def copy(handle: BinaryIO) -> None:
+        with open(src, "rb") as source:
+            shutil.copyfileobj(source, handle, 2**22)
+
+    atomic_write(dst, copy, what="checkpoint")
 
 
 def load_checkpoint_file(path: str, allow_unsafe_pickle: bool = False) -> Dict[str, Any]:
@@ -89,13 +153,15 @@ class Checkpointer:
         return os.path.join(self.models_dir, f"model_{update}.ckpt")
 
     def save(self, payload: Mapping[str, Any], update: int, *, current: bool = True,
-             snapshot: bool = True, best: bool = False) -> List[str]:
+             snapshot: bool = True, best: bool = False, verified_through: int = -1) -> List[str]:
         """Serialize ``payload`` once and place it under each requested name.
 
         Args:
             current: write ``current.ckpt``.
             snapshot: write ``models/model_<update>.ckpt`` (unless max_to_keep == 0) and prune.
             best: write ``best.ckpt``.
+            verified_through: pruning keeps the newest snapshot of an update <= this (the
+                last one known good, see ``divergence.py``) whatever ``max_to_keep`` says.
 
         Returns:
             The paths written.
@@ -115,7 +181,7 @@ class Checkpointer:
         for path in targets[1:]:
             _atomic_copy(targets[0], path)
         if snapshot:
-            self.prune()
+            self.prune(verified_through)
         logger.info("checkpoint of update %d written to %s", update, ", ".join(targets))
         return targets
 
@@ -130,12 +196,17 @@ class Checkpointer:
                 found.append((int(match.group(1)), os.path.join(self.models_dir, name)))
         return sorted(found)
 
-    def prune(self) -> None:
-        """Delete the oldest snapshots beyond ``max_to_keep`` (-1 keeps all)."""
+    def prune(self, verified_through: int = -1) -> None:
+        """Delete the oldest snapshots beyond ``max_to_keep`` (-1 keeps all), except the
+        newest one of an update <= ``verified_through``."""
         if self.max_to_keep < 0:
             return
         snapshots = self.snapshots()
+        verified = [path for update, path in snapshots if update <= verified_through]
+        protected = verified[-1] if verified else None
         for _, path in snapshots[: max(0, len(snapshots) - self.max_to_keep)]:
+            if path == protected:
+                continue
             os.remove(path)
             logger.info("removed old checkpoint %s (checkpoint.max_to_keep=%d)", path, self.max_to_keep)
 
@@ -146,7 +217,8 @@ def resolve_resume_file(checkpoint_config: Any, save_dir: str) -> Optional[Tuple
     1. ``resume_file`` is set and (``resume`` is off or ``<save_dir>/current.ckpt`` is
        missing): that file (it must exist).
     2. ``resume`` is on: ``current.ckpt`` (``best.ckpt`` first with ``resume_best``),
-       falling back to the other one.
+       falling back to the newest readable ``models/model_<update>.ckpt``, then to the other
+       one (a lost ``current.ckpt`` does not restart the run from scratch).
     3. Otherwise nothing: a fresh start.
 
     Returns:
@@ -165,13 +237,31 @@ def resolve_resume_file(checkpoint_config: Any, save_dir: str) -> Optional[Tuple
         return resume_file, why
     if checkpoint_config.resume:
         order = [best, current] if checkpoint_config.resume_best else [current, best]
+        if not os.path.isfile(current) and not checkpoint_config.resume_best:
+            snapshot = newest_readable_snapshot(save_dir)
+            if snapshot is not None:  # newer progress than best.ckpt, if any
+                return snapshot, (f"checkpoint.resume=true and {current} is missing: the newest "
+                                  f"readable snapshot")
         for path in order:
             if os.path.isfile(path):
                 preferred = path == order[0]
                 why = "checkpoint.resume=true" + ("" if preferred else f" and {order[0]} is missing")
                 return path, why
-        logger.info("checkpoint.resume=true but %s has no current.ckpt or best.ckpt: starting "
-                    "from scratch", save_dir)
+        snapshot = newest_readable_snapshot(save_dir)
+        if snapshot is not None:
+            return snapshot, f"checkpoint.resume=true and {save_dir} has no current.ckpt or best.ckpt"
+        logger.info("checkpoint.resume=true but %s has no current.ckpt, best.ckpt or snapshot: "
+                    "starting from scratch", save_dir)
+    return None
+
+
+def newest_readable_snapshot(save_dir: str) -> Optional[str]:
+    """The newest ``models/model_<update>.ckpt`` whose zip structure is intact (a cheap
+    check: a truncated or garbage file is passed over with a warning)."""
+    for update, path in reversed(Checkpointer(save_dir).snapshots()):
+        if zipfile.is_zipfile(path):
+            return path
+        logger.warning("snapshot %s is unreadable (truncated or not a checkpoint): skipped", path)
     return None
 
 

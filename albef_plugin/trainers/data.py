@@ -7,7 +7,7 @@ Three pieces make the data stream a pure function of ``(seed, epoch, position)``
   epoch, so a resumed run never loads the samples it already consumed.
 * It yields ``(epoch, index)`` keys instead of bare indices; :class:`SeededSamples`
   turns each key back into ``dataset[index]`` after seeding ``random``, ``numpy`` and
-  ``torch`` from a hash of ``(seed, epoch, index)``. Random augmentations therefore do
+  torch's CPU generator (never the CUDA ones) from a hash of ``(seed, epoch, index)``. Random augmentations therefore do
   not depend on which worker loads the sample, nor on what ran before. In the main process
   (``num_workers=0``) the global generators are saved and restored around the call, so
   the data never shifts the model's random stream (dropout, MLM masking, hard negatives).
@@ -39,6 +39,7 @@ __all__ = [
     "build_train_loader",
     "EpochBatchIterator",
     "batch_size_of",
+    "every_rank_has_data",
 ]
 
 SampleKey = Tuple[int, int]  # (epoch, dataset index)
@@ -132,7 +133,9 @@ class SeededSamples(Dataset):
     def _load_seeded(self, index: int, seed: int) -> Any:
         random.seed(seed)
         np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+        # the CPU generator only: torch.manual_seed would also reseed every CUDA generator,
+        # which fork_rng(devices=[]) does not restore (the model's dropout / masking stream)
+        torch.default_generator.manual_seed(seed)
         return self.dataset[index]
 
 
@@ -169,8 +172,37 @@ def build_train_loader(dataset: Dataset, collate_fn: Optional[Callable], *, batc
     return loader, sampler
 
 
+def flag_group() -> Any:
+    """A gloo process group for host-side flags (the default group when it is gloo already)."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "gloo":
+        return dist.group.WORLD
+    return dist.new_group(backend="gloo")  # a collective: every rank creates it together
+
+
+def every_rank_has_data(has_data: bool, group: Any) -> bool:
+    """Whether no rank's batch is empty: one all-reduce of a CPU int per batch.
+
+    Why a collective per batch: a rank whose batch was entirely dropped cannot run the
+    forward, and DDP (gradient all-reduce) and the feature-queue all-gather would hang or
+    fail if the other ranks ran theirs. Partial batches need no agreement (the collate pads
+    them to full size), but emptiness is only known after loading. The flag is exchanged
+    host-side in the data path, before the step, over gloo, so it never waits for the GPU
+    (unlike an NCCL all-reduce read with ``.item()``); it costs well under a millisecond
+    within a node.
+    """
+    import torch.distributed as dist
+
+    flag = torch.tensor([0 if has_data else 1], dtype=torch.int32)
+    dist.all_reduce(flag, group=group)
+    return int(flag.item()) == 0
+
+
 def batch_size_of(batch: Dict[str, Any]) -> int:
     """Samples in a collated batch: dim 0 of its first tensor (0 when it holds no tensor)."""
+    if not isinstance(batch, dict):
+        return 0
     for value in batch.values():
         if isinstance(value, torch.Tensor) and value.ndim > 0:
             return int(value.shape[0])
@@ -201,6 +233,7 @@ class EpochBatchIterator:
         self.iteration = 0
         self.skipped_in_epoch = 0
         self._iterator: Optional[Iterator[Any]] = None
+        self._flag_group: Any = None
 
     @property
     def position(self) -> Tuple[int, int]:
@@ -216,6 +249,11 @@ class EpochBatchIterator:
     def next(self) -> Tuple[Tuple[int, int], Dict[str, Any], int]:
         """The next batch.
 
+        A batch whose samples were all dropped (a collate returning None or no tensors)
+        comes back as ``{}``; with several processes, it is ``{}`` on every rank as soon as
+        it is empty on one (see :func:`every_rank_has_data`), so all ranks skip that step
+        together.
+
         Returns:
             ``(position, batch, num_skipped)``: the batch's own ``(epoch, iteration)``,
             the collated dict (``num_skipped`` removed) and how many samples it lost.
@@ -224,7 +262,15 @@ class EpochBatchIterator:
             self.sampler.set_epoch(self.epoch, skip=self.iteration * self.batch_size)
             self._iterator = iter(self.loader)
         batch = next(self._iterator)
+        if batch is None:  # every sample dropped: the collate counted nothing
+            batch = {"num_skipped": self.batch_size}
         num_skipped = int(batch.pop("num_skipped", 0)) if isinstance(batch, dict) else 0
+        if self.sampler.num_replicas > 1:
+            if self._flag_group is None:
+                self._flag_group = flag_group()
+            if not every_rank_has_data(batch_size_of(batch) > 0, self._flag_group):
+                num_skipped += batch_size_of(batch)  # left out so that all ranks skip together
+                batch = {}
         self.skipped_in_epoch += num_skipped
         position = self.position
         self.iteration += 1

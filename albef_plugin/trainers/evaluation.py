@@ -1,29 +1,37 @@
 """Evaluation during and after training, the "best" metric, and early stopping.
 
-Metrics are registered classes (``registry.get_metric_class(name)(config.evaluation)``)
-with ``.evaluate(model, dataset, device, precision) -> {name: value}``. Results are
-logged as ``<split>/<dataset>/<name>``.
+Metrics are the registered classes listed in ``evaluation.metrics`` (names or
+``{type, params}``; see :mod:`albef_plugin.metrics.base`), each built once from its
+``params``. Every metric runs on every dataset of a split; results are logged as
+``<split>/<dataset>/<name>``.
 
 The best checkpoint and early stopping follow ``training.early_stop.criteria`` (as in
-MMF, it picks ``best.ckpt`` even when early stopping is disabled). The criteria is a logged
-key; ``val/r_mean`` also matches ``val/<dataset>/r_mean`` (first dataset in
-``config.datasets`` order) and, failing that, ``val/<dataset>/<stage>_r_mean`` of the
-last stage reported (the retrieval metric reports ``itc_*`` then the re-ranked ``itm_*``).
-When nothing matches, the first key ending in ``r_mean`` is used, else the first key,
-with a warning.
+MMF, it picks ``best.ckpt`` even when early stopping is disabled), matched against the
+results of the val-role splits:
+
+- a full key, ``val/<dataset>/<name>``, matches itself;
+- a short form ``<split>/<name>`` designates the first dataset reported in that split
+  (``config.datasets`` order): its ``<name>`` if reported, else its last reported
+  ``<stage>_<name>``, i.e. the final ranking of a staged metric (``val/r_mean`` is the ITM
+  re-ranked ``itm_r_mean`` when re-ranking runs, else ``itc_r_mean``).
+
+A criterion that matches none of the reported keys is an error at the evaluation that
+fails to report it, naming the criterion and the keys that were reported.
 """
 from __future__ import annotations
 
 import logging
 import math
 import re
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from albef_plugin.config.loader import ConfigError
 from albef_plugin.distributed import broadcast_object
+from albef_plugin.metrics.base import EvalContext, parse_metric_specs
 from albef_plugin.registry import registry
 
 logger = logging.getLogger(__name__)
@@ -32,17 +40,28 @@ __all__ = ["build_metrics", "evaluate_split", "BestMetricTracker"]
 
 
 def build_metrics(evaluation_config: Any) -> Dict[str, Any]:
-    """``{name: metric}`` for every name in ``evaluation.metrics``."""
-    return {name: registry.get_metric_class(name)(evaluation_config)
-            for name in (evaluation_config.metrics or [])}
+    """``{name: metric}`` for every entry of ``evaluation.metrics``, built from its params.
+
+    Raises:
+        ConfigError: unknown metric, unknown or invalid parameter (the message names
+            ``evaluation.metrics[i]...``).
+    """
+    return {spec.type: registry.get_metric_class(spec.type)(spec.params)
+            for spec in parse_metric_specs(evaluation_config.metrics)}
 
 
 def evaluate_split(model: nn.Module, split: str, datasets: Mapping[str, Dataset],
-                   metrics: Mapping[str, Any], device: torch.device, precision: str) -> Dict[str, float]:
+                   metrics: Mapping[str, Any], context: EvalContext,
+                   collate_fns: Optional[Mapping[str, Any]] = None) -> Dict[str, float]:
     """Run every metric on every dataset of ``split`` with ``model`` in eval mode.
 
     Every rank runs the metrics (they may shard and gather); rank 0's numbers are
     broadcast so that all ranks take the same best / early-stop decisions.
+
+    Args:
+        context: device, precision, loader sizes and output dir; its ``split``,
+            ``dataset_name`` and ``collate_fn`` are filled in per dataset.
+        collate_fns: dataset name -> the builder's collate function for ``split``.
 
     Returns:
         ``{"<split>/<dataset>/<name>": value}``.
@@ -53,8 +72,13 @@ def evaluate_split(model: nn.Module, split: str, datasets: Mapping[str, Dataset]
     try:
         with torch.no_grad():
             for dataset_name, dataset in datasets.items():
+                dataset_context = EvalContext(
+                    device=context.device, precision=context.precision, split=split,
+                    dataset_name=dataset_name, output_dir=context.output_dir,
+                    collate_fn=(collate_fns or {}).get(dataset_name), batch_size=context.batch_size,
+                    num_workers=context.num_workers)
                 for metric_name, metric in metrics.items():
-                    values = metric.evaluate(model, dataset, device, precision)
+                    values = metric.evaluate(model, dataset, dataset_context)
                     if not isinstance(values, Mapping):
                         raise TypeError(f"metric {metric_name!r} returned {type(values).__name__}; "
                                         f"evaluate() must return a dict of name -> number")
@@ -65,11 +89,34 @@ def evaluate_split(model: nn.Module, split: str, datasets: Mapping[str, Dataset]
     return broadcast_object(results)
 
 
+def resolve_criteria(criteria: str, metrics: Mapping[str, float]) -> Optional[str]:
+    """The key of ``metrics`` that ``criteria`` designates (see the module doc), or None."""
+    if criteria in metrics:
+        return criteria
+    split, _, name = criteria.partition("/")
+    if not name or "/" in name:
+        return None  # a full key that was not reported
+    datasets: List[str] = []
+    for key in metrics:
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == split and parts[1] not in datasets:
+            datasets.append(parts[1])
+    if not datasets:
+        return None
+    prefix = f"{split}/{datasets[0]}/"
+    if prefix + name in metrics:
+        return prefix + name
+    staged = [k for k in metrics if k.startswith(prefix)
+              and re.fullmatch(rf"[^_/]+_{re.escape(name)}", k[len(prefix):])]
+    return staged[-1] if staged else None
+
+
 class BestMetricTracker:
     """Remembers the best value of one logged key and decides early stopping.
 
     Args:
-        criteria: the logged key to follow (``training.early_stop.criteria``).
+        criteria: the logged key to follow (``training.early_stop.criteria``), full or short
+            (see the module doc).
         minimize: lower is better.
         patience: updates without improvement before stopping (when ``enabled``).
         enabled: ``training.early_stop.enabled``.
@@ -85,38 +132,28 @@ class BestMetricTracker:
         self.value: Optional[float] = None
         self.update: Optional[int] = None
 
-    def resolve_key(self, metrics: Mapping[str, float]) -> Optional[str]:
-        """The key of ``metrics`` that ``criteria`` designates (see the module doc)."""
-        if not metrics:
-            return None
-        if self.criteria in metrics:
-            return self.criteria
-        split, _, name = self.criteria.partition("/")
-        # "<split>/<dataset>/<metric>" keys of the criteria's split, in the order reported
-        in_split = [k for k in metrics if k.count("/") == 2 and k.split("/")[0] == split]
-        exact = [k for k in in_split if k.split("/")[2] == name]  # val/r_mean -> val/<ds>/r_mean
-        if exact:
-            return exact[0]
-        # val/r_mean -> val/<ds>/<stage>_r_mean (retrieval reports itc_r_mean, then itm_r_mean):
-        # the last stage of the first dataset, i.e. the metric's final (re-ranked) numbers
-        staged = [k for k in in_split if re.fullmatch(rf"[^_]+_{re.escape(name)}", k.split("/")[2])]
-        if staged:
-            first_dataset = staged[0].split("/")[1]
-            choice = [k for k in staged if k.split("/")[1] == first_dataset][-1]
+    def resolve_key(self, metrics: Mapping[str, float]) -> str:
+        """The key of ``metrics`` that ``criteria`` designates.
+
+        Raises:
+            ConfigError: nothing reported matches; the message lists the reported keys.
+        """
+        key = resolve_criteria(self.criteria, metrics)
+        if key is None:
+            reported = ", ".join(metrics) or "(none: no metric reported anything)"
+            raise ConfigError(
+                f"training.early_stop.criteria={self.criteria!r} matches no metric reported by the "
+                f"evaluation. Reported: {reported}. Set training.early_stop.criteria to one of these "
+                f"keys, or to a short form <split>/<name> (e.g. val/accuracy, val/r_mean).")
+        if key != self.criteria:
             logger.info("training.early_stop.criteria=%r read as %r (set the full key to choose "
-                        "another)", self.criteria, choice)
-            return choice
-        fallback = next((k for k in metrics if k.endswith("r_mean")), next(iter(metrics)))
-        logger.warning("training.early_stop.criteria=%r matches no evaluated key (%s); the best "
-                       "checkpoint follows %r instead", self.criteria, ", ".join(metrics), fallback)
-        return fallback
+                        "another)", self.criteria, key)
+        return key
 
     def observe(self, metrics: Mapping[str, float], update: int) -> bool:
         """Take an evaluation's results; True when it is a new best."""
         if self.key is None or self.key not in metrics:
             self.key = self.resolve_key(metrics)
-            if self.key is None:
-                return False
             logger.info("best checkpoint selected by %s (%s is better)", self.key,
                         "lower" if self.minimize else "higher")
         value = metrics[self.key]

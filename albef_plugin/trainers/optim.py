@@ -6,9 +6,13 @@ weights, biases) and names ending in ``.bias``. So the 0-D ``temp`` and the 3-D
 ``pos_embed`` / ``cls_token`` ARE decayed (fact sheet 1.8): the official top-level model
 exposes no ``no_weight_decay`` list. A model may still name extra exclusions through
 ``no_weight_decay_keys()`` (exact parameter names); ALBEF returns none.
+
+A registered optimizer factory may carry a ``check_params(params)`` attribute: the config
+loader calls it at start-up so a wrong key or value fails before anything is built.
 """
 from __future__ import annotations
 
+import difflib
 import logging
 from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
@@ -16,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from albef_plugin.config.loader import ConfigError, UnknownKeyError
 from albef_plugin.registry import registry
 
 logger = logging.getLogger(__name__)
@@ -59,6 +64,47 @@ def weight_decay_param_groups(model: nn.Module, weight_decay: float) -> List[Dic
 _ADAM_W_KEYS = ("lr", "weight_decay", "betas", "eps")
 
 
+def _number(params: Mapping[str, Any], key: str, *, minimum: float, strict: bool = False) -> float:
+    value = params[key]
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"optimizer.params.{key}={value!r}: expected a number.") from None
+    if number < minimum or (strict and number == minimum) or number != number:
+        raise ConfigError(f"optimizer.params.{key}={value!r}: must be "
+                          f"{'>' if strict else '>='} {minimum:g}.")
+    return number
+
+
+def check_adam_w_params(params: Mapping[str, Any]) -> None:
+    """Keys and value types of ``optimizer.params`` for adam_w (a ConfigError names the key)."""
+    unknown = sorted(set(params) - set(_ADAM_W_KEYS))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], _ADAM_W_KEYS, n=1)
+        hint = f" Did you mean optimizer.params.{close[0]}?" if close else ""
+        raise UnknownKeyError(f"optimizer.params: unknown key(s) {', '.join(unknown)} for adam_w; "
+                          f"allowed keys are {', '.join(_ADAM_W_KEYS)}.{hint}")
+    if "lr" not in params:
+        raise ConfigError("optimizer.params.lr is required for adam_w (the official pretraining "
+                          "uses 1e-4).")
+    _number(params, "lr", minimum=0.0, strict=True)
+    for key, strict in (("weight_decay", False), ("eps", True)):
+        if key in params:
+            _number(params, key, minimum=0.0, strict=strict)
+    if "betas" in params:
+        betas = params["betas"]
+        ok = isinstance(betas, (list, tuple)) and len(betas) == 2
+        try:
+            ok = ok and all(0.0 <= float(b) < 1.0 and not isinstance(b, bool) for b in betas)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"optimizer.params.betas={betas!r}: expected two numbers in [0, 1), "
+                              f"e.g. [0.9, 0.999].")
+
+
 @registry.register_optimizer("adam_w", aliases=("adamw",))
 def build_adam_w(model: nn.Module, params: Mapping[str, Any]) -> torch.optim.Optimizer:
     """AdamW with the official ALBEF weight-decay grouping.
@@ -68,13 +114,7 @@ def build_adam_w(model: nn.Module, params: Mapping[str, Any]) -> torch.optim.Opt
         params: ``optimizer.params``: ``lr`` (required), ``weight_decay`` (default 0.02),
             ``betas`` (default (0.9, 0.999)), ``eps`` (default 1e-8).
     """
-    unknown = sorted(set(params) - set(_ADAM_W_KEYS))
-    if unknown:
-        raise KeyError(f"optimizer.params: unknown key(s) {unknown} for adam_w; "
-                       f"allowed keys are {list(_ADAM_W_KEYS)}.")
-    if "lr" not in params:
-        raise KeyError("optimizer.params.lr is required for adam_w (the official pretraining "
-                       "uses 1e-4).")
+    check_adam_w_params(params)
     on_cuda = any(p.is_cuda for p in model.parameters())
     groups = weight_decay_param_groups(model, float(params.get("weight_decay", 0.02)))
     return torch.optim.AdamW(
@@ -86,6 +126,10 @@ def build_adam_w(model: nn.Module, params: Mapping[str, Any]) -> torch.optim.Opt
         fused=True if on_cuda else None,
         foreach=None if on_cuda else True,
     )
+
+
+# checked when the config is built (config/loader.py), before anything is constructed
+build_adam_w.check_params = check_adam_w_params  # type: ignore[attr-defined]
 
 
 def build_optimizer(model: nn.Module, optimizer_config: Any) -> torch.optim.Optimizer:

@@ -6,8 +6,9 @@ A checkpoint (format version 1) is a dict of tensors / primitives / containers:
 encoders and queues included), ``optimizer``, ``lr_scheduler``, ``scaler``,
 ``train_state`` (TrainState), ``rng`` (one state per rank), ``data`` (epoch,
 iteration_in_epoch, skipped_in_epoch, sampler_seed, batch_size, world_size,
-iterations_per_epoch), ``best`` (best metric key / value / update) and ``config`` (the
-resolved config as plain containers).
+iterations_per_epoch), ``best`` (best metric key / value / update), ``loss_history``
+(the recent total losses the divergence guard compares with; optional) and ``config``
+(the resolved config as plain containers).
 
 Which file a run starts from follows MMF's precedence (``checkpointer.resolve_resume_file``);
 the ``checkpoint.reset.*`` keys drop parts of it, as in MMF:
@@ -17,10 +18,10 @@ data position, RNG, best metric), ``reset.fp16_scaler``.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Dict, Mapping
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Tuple
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from albef_plugin.distributed import get_world_size, unwrap_model
@@ -28,7 +29,6 @@ from albef_plugin.models.checkpoints import load_checkpoint
 from albef_plugin.trainers.checkpointer import (CHECKPOINT_FORMAT_VERSION, CheckpointError,
                                                 load_checkpoint_file, load_model_state,
                                                 resolve_resume_file)
-from albef_plugin.trainers.meter import NonFiniteLossError
 from albef_plugin.trainers.rng import gather_rng_states, restore_rank_rng_state
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["checkpoint_payload", "load_start_checkpoint", "check_finite_weights"]
+__all__ = ["checkpoint_payload", "load_start_checkpoint"]
 
 
 def checkpoint_payload(trainer: "Trainer") -> Dict[str, Any]:
@@ -63,21 +63,9 @@ def checkpoint_payload(trainer: "Trainer") -> Dict[str, Any]:
             "iterations_per_epoch": batches.iterations_per_epoch,
         },
         "best": trainer.best.state_dict(),
+        "loss_history": trainer.meter.history_state(),
         "config": OmegaConf.to_container(trainer.config, resolve=True),
     }
-
-
-def check_finite_weights(model: nn.Module, update: int) -> None:
-    """Refuse to go on (and to checkpoint) with NaN/inf parameters (one sync)."""
-    params = [p for p in model.parameters() if p.is_floating_point()]
-    if not params:
-        return
-    finite = torch.stack([torch.isfinite(p).all() for p in params])
-    if not bool(finite.all()):
-        names = [n for (n, p), ok in zip(((n, p) for n, p in model.named_parameters()
-                                          if p.is_floating_point()), finite.tolist()) if not ok]
-        raise NonFiniteLossError(f"parameters became NaN/inf by update {update} ({', '.join(names[:8])}"
-                                 f"{', ...' if len(names) > 8 else ''}); no checkpoint written.")
 
 
 def load_start_checkpoint(trainer: "Trainer") -> None:
@@ -131,8 +119,11 @@ def _restore_training_state(trainer: "Trainer", checkpoint: Mapping[str, Any], p
     state.load_state_dict(checkpoint["train_state"])
     state.iterations_per_epoch = iterations_per_epoch
     trainer.best.load_state_dict(checkpoint.get("best", {}))
+    if "loss_history" in checkpoint:
+        trainer.meter.load_history_state(checkpoint["loss_history"])
     data = checkpoint["data"]
     _warn_on_changed_data_geometry(trainer, data)
+    _warn_on_changed_training_keys(checkpoint.get("config"), trainer.config)
     trainer.batches.start_at(data["epoch"], data["iteration_in_epoch"])
     if trainer.batches.epoch == data["epoch"]:  # same epoch continues: keep its skip count
         trainer.batches.skipped_in_epoch = int(data.get("skipped_in_epoch", 0))
@@ -152,3 +143,47 @@ def _warn_on_changed_data_geometry(trainer: "Trainer", data: Mapping[str, Any]) 
         logger.warning("the data setup changed since the checkpoint (%s): the data order "
                        "continues approximately, not exactly",
                        ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+
+
+# Keys that do not change what is learned (logging, I/O, where files go, how it is launched).
+_NOT_TRAINING = ("config", "includes", "run_type", "env.", "launcher.", "distributed.",
+                 "evaluation.", "checkpoint.", "training.log_interval",
+                 "training.checkpoint_interval", "training.evaluation_interval",
+                 "training.num_workers", "training.pin_memory", "training.persistent_workers",
+                 "training.tensorboard", "training.progress_bar", "training.plot",
+                 "training.divergence.", "training.early_stop.")
+
+
+def _flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(node, Mapping):
+        flat: Dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat if flat or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+def changed_training_keys(saved: Any, current: Any) -> Dict[str, Tuple[Any, Any]]:
+    """``key -> (saved, now)`` for every key that affects training and differs."""
+    if isinstance(current, DictConfig):
+        current = OmegaConf.to_container(current, resolve=True)
+    old, new = _flatten(saved or {}), _flatten(current or {})
+    missing = object()
+    changed = {}
+    for key in sorted(set(old) | set(new)):
+        if any(key.startswith(p) if p.endswith(".") else key == p for p in _NOT_TRAINING):
+            continue
+        before, after = old.get(key, missing), new.get(key, missing)
+        if before != after:
+            changed[key] = (None if before is missing else before, None if after is missing else after)
+    return changed
+
+
+def _warn_on_changed_training_keys(saved: Any, current: Any) -> None:
+    if not isinstance(saved, Mapping):
+        return
+    changed = changed_training_keys(saved, current)
+    if changed:
+        logger.warning("resuming with a config that differs from the checkpoint's in %d key(s) that "
+                       "affect training: %s", len(changed),
+                       "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))

@@ -11,6 +11,7 @@ register it with ``@registry.register_scheduler(name)`` and implement ``__call__
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping
@@ -18,7 +19,11 @@ from typing import Any, Dict, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from albef_plugin.config.loader import ConfigError, UnknownKeyError
 from albef_plugin.registry import registry
+
+# scheduler fields the trainer fills in (never set through scheduler.params)
+_FROM_TRAINER = {"lr", "max_updates", "updates_per_epoch"}
 
 __all__ = ["LRSchedule", "CosineWarmup", "Constant", "ALBEFOfficialSchedule", "LRScheduler",
            "build_lr_scheduler"]
@@ -34,18 +39,41 @@ class LRSchedule:
         raise NotImplementedError
 
     @classmethod
+    def check_params(cls, params: Mapping[str, Any]) -> None:
+        """Keys and value types of ``scheduler.params`` (a ConfigError names the key);
+        called by the config loader at start-up and by :meth:`from_config`."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        settable = sorted(set(fields) - _FROM_TRAINER)
+        unknown = sorted(set(params) - set(settable))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], settable, n=1)
+            hint = f" Did you mean scheduler.params.{close[0]}?" if close else ""
+            raise UnknownKeyError(f"scheduler.params: unknown key(s) {', '.join(unknown)} for "
+                              f"{cls.__name__}; allowed keys are {', '.join(settable) or '(none)'}."
+                              f"{hint}")
+        for key, value in params.items():
+            kind = str(fields[key].type)
+            try:
+                if isinstance(value, bool):
+                    raise ValueError
+                if kind == "int" and float(value) != int(float(value)):
+                    raise ValueError
+                float(value)
+            except (TypeError, ValueError):
+                expected = "an integer" if kind == "int" else "a number"
+                raise ConfigError(f"scheduler.params.{key}={value!r}: expected {expected}.") from None
+
+    @classmethod
     def from_config(cls, params: Mapping[str, Any], *, lr: float, max_updates: int,
                     updates_per_epoch: int) -> "LRSchedule":
         """Build from ``scheduler.params``; ``max_updates`` / ``updates_per_epoch`` are passed
         to the schedules whose dataclass declares a field of that name."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - fields - {"lr"})
-        if unknown:
-            raise KeyError(f"scheduler.params: unknown key(s) {unknown} for {cls.__name__}; "
-                           f"allowed keys are {sorted(fields - {'lr', 'max_updates', 'updates_per_epoch'})}.")
+        cls.check_params(params)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
         geometry = {"max_updates": max_updates, "updates_per_epoch": updates_per_epoch}
         kwargs: Dict[str, Any] = {k: v for k, v in geometry.items() if k in fields}
-        kwargs.update(params)
+        for key, value in params.items():
+            kwargs[key] = int(float(value)) if str(fields[key].type) == "int" else float(value)
         kwargs["lr"] = lr
         return cls(**kwargs)
 
@@ -117,12 +145,12 @@ class ALBEFOfficialSchedule(LRSchedule):
 
     def __post_init__(self) -> None:
         if self.updates_per_epoch < 1 or self.epochs < 1 or self.iterations_per_unit < 1:
-            raise ValueError(f"albef_official schedule: updates_per_epoch="
+            raise ConfigError(f"albef_official schedule: updates_per_epoch="
                              f"{self.updates_per_epoch}, "
                              f"epochs={self.epochs} and iterations_per_unit="
                              f"{self.iterations_per_unit} must all be >= 1.")
         if self.warmup_units < 0:
-            raise ValueError(f"scheduler.params.warmup_units={self.warmup_units} must be >= 0.")
+            raise ConfigError(f"scheduler.params.warmup_units={self.warmup_units} must be >= 0.")
 
     def cosine(self, epoch: int) -> float:
         """lr during epoch ``epoch >= 1`` (timm's ``_get_lr(epoch + warmup_units)``)."""

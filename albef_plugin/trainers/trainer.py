@@ -20,12 +20,14 @@ import torch
 from tqdm import tqdm
 
 from albef_plugin.distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
+from albef_plugin.metrics.base import EvalContext
 from albef_plugin.metrics.retrieval import format_recall_table
 from albef_plugin.registry import registry
 from albef_plugin.train_state import TrainState
 from albef_plugin.trainers import resume
 from albef_plugin.trainers.build import build_datasets, build_model, parse_run_type, wrap_model
 from albef_plugin.trainers.checkpointer import Checkpointer
+from albef_plugin.trainers.divergence import DivergenceGuard
 from albef_plugin.trainers.data import EpochBatchIterator, batch_size_of, build_train_loader
 from albef_plugin.trainers.evaluation import BestMetricTracker, build_metrics, evaluate_split
 from albef_plugin.trainers.meter import NonFiniteLossError, TrainMeter
@@ -83,7 +85,7 @@ class Trainer:
 
     def __init__(self, config: Any) -> None:
         self.config = config
-        self.run_training, self.eval_splits = parse_run_type(config.run_type)
+        self.run_training, self.eval_roles = parse_run_type(config.run_type)
         self.state = TrainState()
         self.stop_requested = False
         self._last_logged = self._last_saved = -1
@@ -108,10 +110,14 @@ class Trainer:
 
         self.metrics = build_metrics(cfg.evaluation)
         periodic_eval = self.run_training and training.evaluation_interval > 0 and self.metrics
-        splits = (["train"] if self.run_training else []) + self.eval_splits
-        if periodic_eval and "val" not in splits:
-            splits.append("val")
-        self.datasets = build_datasets(cfg, splits)
+        roles = (["train"] if self.run_training else []) + self.eval_roles
+        if periodic_eval and "val" not in roles:
+            roles.append("val")
+        self.datasets = build_datasets(cfg, roles, required=self.eval_roles if self.metrics else ())
+        self.eval_context = EvalContext(device=self.device, precision=self.precision,
+                                        output_dir=self.save_dir,
+                                        batch_size=int(cfg.evaluation.batch_size),
+                                        num_workers=int(cfg.evaluation.num_workers))
         self.model = build_model(cfg).to(self.device)
         self.best = BestMetricTracker(training.early_stop.criteria, training.early_stop.minimize,
                                       training.early_stop.patience, training.early_stop.enabled)
@@ -147,7 +153,9 @@ class Trainer:
             max_updates=self.max_updates,
             updates_per_epoch=max(1, self.batches.iterations_per_epoch // self.update_frequency))
         self.scaler = build_grad_scaler(self.precision, self.device)
-        self.meter = TrainMeter(self.device)
+        divergence = training.divergence
+        self.meter = TrainMeter(self.device, divergence.loss_spike_factor, divergence.window)
+        self.guard = DivergenceGuard(self.checkpointer, divergence.max_weight_norm_growth)
         logger.info("%d updates of %d x %d x %d samples (update_frequency x batch_size x processes); "
                     "%d iterations per epoch", self.max_updates, self.update_frequency,
                     training.batch_size, get_world_size(), self.batches.iterations_per_epoch)
@@ -158,13 +166,14 @@ class Trainer:
         try:
             if self.run_training:
                 self.train()
-            if self.eval_splits and not self.metrics:
+            if self.eval_roles and not self.metrics:
                 logger.warning("run_type=%s asks for evaluation but evaluation.metrics is empty",
                                self.config.run_type)
-            for split in self.eval_splits if self.metrics else []:
-                if self._last_eval.get(split) == self.state.update:
-                    continue  # the periodic evaluation already covered this update
-                if self.evaluate(split) and self.run_training:
+            for role in self.eval_roles if self.metrics else []:
+                # splits the periodic evaluation already covered at this update are not redone
+                splits = [split for split in self.datasets.splits_with_role(role)
+                          if self._last_eval.get(split) != self.state.update]
+                if splits and self.evaluate(splits) and self.run_training:
                     self.save_checkpoint(current=False, snapshot=False, best=True)
         finally:
             self.close()
@@ -176,6 +185,7 @@ class Trainer:
         logger.info("training from update %d to %d", state.update, self.max_updates)
         self.wrapped.train()
         self.lr_scheduler.step(state.update)
+        self.guard.start(self.model, state.update, current_update=self._last_saved)
         self._progress = progress_bar(self.max_updates, state.update,
                                       enabled=self.is_main and training.progress_bar)
         while state.update < self.max_updates and not self.stop_requested:
@@ -184,9 +194,9 @@ class Trainer:
             if _every(state.update, training.log_interval):
                 self.log_training()
             improved = False
-            if _every(state.update, training.evaluation_interval) and self.metrics \
-                    and "val" in self.datasets.eval:
-                improved = self.evaluate("val")
+            val_splits = self.datasets.splits_with_role("val")
+            if _every(state.update, training.evaluation_interval) and self.metrics and val_splits:
+                improved = self.evaluate(val_splits)
             periodic = _every(state.update, training.checkpoint_interval)
             if periodic or improved:
                 self.save_checkpoint(current=periodic, snapshot=periodic, best=improved)
@@ -216,6 +226,7 @@ class Trainer:
                                state.update + 1)
                 continue
             state.epoch, state.iteration_in_epoch = position
+            state.first_micro_batch = i == with_data[0]  # the model's EMA step: once per update
             state.alpha = self.model.alpha_for(state) if hasattr(self.model, "alpha_for") else None
             with self._gradient_sync(i == with_data[-1]):
                 with get_autocast(self.precision, self.device):
@@ -276,48 +287,80 @@ class Trainer:
         self.raise_if_non_finite()
 
     def raise_if_non_finite(self) -> None:
-        """Raise :class:`NonFiniteLossError` if any loss since the start was NaN/inf."""
+        """Stop (:class:`NonFiniteLossError`) if any loss since the start was NaN/inf or a
+        spike; otherwise record that the losses so far are good (see ``divergence.py``)."""
         bad = self.meter.first_non_finite() if self.run_training else None
         if bad is None:
+            if self.run_training:
+                self.guard.clean_through = self.state.update
             return
         update, losses = bad
-        shown = ", ".join(f"{k}={v}" for k, v in losses.items()) or "(seen on another rank)"
-        last_good = self.checkpointer.current_path if self._last_saved >= 0 else "none written"
-        message = (f"non-finite training loss at update {update}: {shown}. Stopping without writing "
-                   f"a checkpoint (last good checkpoint: {last_good}). Try a lower "
+        if update > 0:  # the updates before the first bad one were fine
+            self.guard.clean_through = max(self.guard.clean_through, update - 1)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in losses.items()) or "(seen on another rank)"
+        if "recent_median" in losses:
+            reason = (f"training diverged at update {update}: {shown} (the total loss is more than "
+                      f"training.divergence.loss_spike_factor="
+                      f"{self.config.training.divergence.loss_spike_factor:g} x the recent median).")
+        else:
+            reason = f"non-finite training loss at update {update}: {shown}."
+        self._stop_diverged(reason)
+
+    def _stop_diverged(self, reason: str) -> None:
+        """Set diverged checkpoints aside, name the last verified one, raise."""
+        good = self.guard.roll_back() if self.is_main else self.guard.last_good()
+        if good is None:
+            where = "no checkpoint of this run is verified good"
+        else:
+            where = (f"last good checkpoint: {good[1]} (update {good[0]}); continue from it with "
+                     f"checkpoint.resume_file={good[1]}")
+        message = (f"{reason} Stopping without writing a checkpoint ({where}). Try a lower "
                    f"optimizer.params.lr, training.clip_grad_norm, or training.precision=bf16/fp32.")
         logger.error(message)
         raise NonFiniteLossError(message)
 
-    def evaluate(self, split: str) -> bool:
-        """Evaluate every metric on ``split``; log; True when ``val`` gives a new best."""
-        results = evaluate_split(self.model, split, self.datasets.eval.get(split, {}), self.metrics,
-                                 self.device, self.precision)
-        self.writer.write({"kind": "eval", "split": split, "update": self.state.update,
-                           "epoch": round(self.state.epoch_progress, 4), **results})
-        logger.info("evaluation on %s at update %d: %s", split, self.state.update,
-                    ", ".join(f"{k} {v:.4f}" for k, v in results.items()) or "(no metrics)")
-        table = format_recall_table(results)
-        if table:
-            logger.info("retrieval on %s (R@K in %%):\n%s", split, table)
-        self._last_eval[split] = self.state.update
-        return split == "val" and self.run_training and self.best.observe(results, self.state.update)
+    def evaluate(self, splits: List[str]) -> bool:
+        """Evaluate every metric on each of ``splits`` (one ``eval`` record per split); log.
+
+        Returns True when training and the val-role splits among them give a new best
+        (``training.early_stop.criteria``; an error when it matches nothing reported).
+        """
+        val_results: Dict[str, float] = {}
+        for split in splits:
+            results = evaluate_split(self.model, split, self.datasets.eval.get(split, {}), self.metrics,
+                                     self.eval_context, self.datasets.eval_collate.get(split))
+            self.writer.write({"kind": "eval", "split": split, "update": self.state.update,
+                               "epoch": round(self.state.epoch_progress, 4), **results})
+            logger.info("evaluation on %s at update %d: %s", split, self.state.update,
+                        ", ".join(f"{k} {v:.4f}" for k, v in results.items()) or "(no metrics)")
+            table = format_recall_table(results)
+            if table:
+                logger.info("retrieval on %s (R@K in %%):\n%s", split, table)
+            self._last_eval[split] = self.state.update
+            if self.datasets.roles.get(split) == "val":
+                val_results.update(results)
+        return bool(val_results) and self.run_training and self.best.observe(val_results,
+                                                                             self.state.update)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, *, current: bool = True, snapshot: bool = True, best: bool = False) -> None:
-        """Write the full training state (rank 0) after checking it holds no NaN/inf.
+        """Write the full training state (rank 0) after checking the run has not diverged.
 
-        The check reads the device-side non-finite flag (one sync) and the weights, so a
-        checkpoint is never written from broken weights, even between log intervals.
+        The check reads the device-side divergence flag (one sync) and the weights (finite,
+        norm not exploding), so a checkpoint is never written from broken weights, even
+        between log intervals.
         """
         self.raise_if_non_finite()
-        resume.check_finite_weights(self.model, self.state.update)
+        try:
+            self.guard.check_weights(self.model, self.state.update)
+        except NonFiniteLossError as exc:
+            self._stop_diverged(str(exc))
         payload = resume.checkpoint_payload(self)  # a collective (RNG states of all ranks)
         if self.is_main:
             self.checkpointer.save(payload, self.state.update, current=current, snapshot=snapshot,
-                                   best=best)
+                                   best=best, verified_through=self.guard.verified_through)
         if current:
-            self._last_saved = self.state.update
+            self._last_saved = self.guard.current_update = self.state.update
 
     # ------------------------------------------------------------------ teardown
     def close(self) -> None:

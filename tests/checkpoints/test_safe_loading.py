@@ -66,3 +66,31 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
     broken.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="broken.pth"):
         safe_torch_load(broken)
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "is empty (0 bytes)"),
+    (bytes(range(256)) * 40, "neither a torch zip archive nor a valid pickle"),
+    (b"\x80\x02garbage after a pickle header", "neither a torch zip archive nor a valid pickle"),
+])
+def test_garbage_is_corrupt_not_unsafe(tmp_path, content, reason):
+    """A corrupt file is named as such; the message never suggests unsafe loading."""
+    path = tmp_path / "broken.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        safe_torch_load(path)
+    assert not isinstance(info.value, UnsafeCheckpointError)
+    assert reason in str(info.value) and str(path) in str(info.value)
+    assert "allow_unsafe_pickle" not in str(info.value)
+
+
+def test_random_bytes_are_corrupt_and_a_legacy_pickle_with_objects_is_unsafe(tmp_path):
+    path = tmp_path / "random.pth"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(CheckpointError) as info:
+        safe_torch_load(path)
+    assert not isinstance(info.value, UnsafeCheckpointError)
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"args": Payload()}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeCheckpointError):
+        safe_torch_load(legacy)

@@ -7,6 +7,7 @@ from albef_plugin.config.loader import default_component_config
 from albef_plugin.datasets import (DemoPretrainBuilder, DemoRetrievalBuilder, PretrainDataset,
                                    PretrainJsonBuilder, RetrievalEvalDataset, RetrievalJsonBuilder,
                                    RetrievalTrainDataset)
+from albef_plugin.datasets.base import BaseDatasetBuilder, check_split_roles
 from albef_plugin.datasets.synthetic import world_is_complete
 from albef_plugin.processors import RandAugment
 from albef_plugin.registry import registry
@@ -58,7 +59,7 @@ def test_builder_errors_name_the_config_key(tmp_path):
     with pytest.raises(ValueError, match=r"dataset_config\.albef_pretrain_json\.annotations\.train "
                                          r"lists no annotation files"):
         builder.build("train")
-    with pytest.raises(ValueError, match="unknown split 'dev'"):
+    with pytest.raises(ValueError, match="unknown split 'dev'; its splits are train, val, test"):
         builder.build("dev")
     typo = PretrainJsonBuilder.make_config(
         {"data_dir": str(tmp_path), "processors": {"train_image": {"params": {"hflp": False}}}})
@@ -113,3 +114,41 @@ def test_demo_augmentation_keeps_colour_words_true(cls, tmp_path):
     # per-channel AutoContrast / Equalize recolour the flat synthetic images
     assert not {"AutoContrast", "Equalize"} & set(randaugment.ops)
     assert {"Rotate", "ShearX", "Brightness"} <= set(randaugment.ops)
+
+
+# ------------------------------------------------------------------ named splits
+class GroundingLike(RetrievalJsonBuilder):
+    """A builder declaring grounding's splits: val, testA, testB (and train)."""
+
+    name = "grounding_like"
+    split_roles = {"train": "train", "val": "val", "testA": "test", "testB": "test"}
+
+
+def test_builders_declare_train_val_test_by_default():
+    for cls in BUILDERS:
+        assert cls(cls.make_config()).splits() == {"train": "train", "val": "val", "test": "test"}
+
+
+def test_named_splits_and_their_roles(write_json, image_dir, tmp_path):
+    write_json("re_val.json", [{"image": f"img{i}.jpg", "caption": [f"a {i}"]} for i in range(3)])
+    builder = GroundingLike(RetrievalJsonBuilder.make_config({"data_dir": str(tmp_path),
+                                                              "image_root": "images", "image_size": 16}))
+    assert builder.splits() == {"train": "train", "val": "val", "testA": "test", "testB": "test"}
+    assert [builder.split_role(s) for s in ("train", "val", "testA")] == ["train", "val", "test"]
+    # an evaluation split gets the eval transform (no augmentation), train the train one
+    assert type(builder.image_processor("testA")).__name__ == "ImageEvalProcessor"
+    assert type(builder.image_processor("train")).__name__ == "ImageTrainProcessor"
+    assert type(builder.collate_fn("testB")).__name__ == "EvalImageCollate"
+    with pytest.raises(ValueError, match="unknown split 'test'; its splits are train, val, testA, testB"):
+        builder.build("test")
+
+
+def test_split_declarations_are_checked():
+    assert check_split_roles("vqa", {"train": "train", "test": "test"}) == {"train": "train", "test": "test"}
+    with pytest.raises(ValueError, match="Dataset 'vqa' declares split 'dev' with role 'validation'"):
+        check_split_roles("vqa", {"dev": "validation"})
+    with pytest.raises(ValueError, match="split names are non-empty and contain no '/'"):
+        check_split_roles("vqa", {"test/dev": "test"})
+    assert BaseDatasetBuilder.split_roles["val"] == "val"
+    with pytest.raises(TypeError):  # a shared read-only default: no builder can change another's
+        BaseDatasetBuilder.split_roles["val"] = "test"

@@ -150,7 +150,7 @@ def test_temperature_is_clamped_in_training(tiny_model, batch):
 def _mask_like_model(model, input_ids):
     text = model.config.text_encoder
     return mask_tokens(input_ids, text.vocab_size, text.mask_token_id, text.pad_token_id,
-                       text.cls_token_id, model.config.mlm_probability)
+                       text.cls_token_id, model.mlm_probability)
 
 
 def _full_logit_mlm_loss(model, masked, labels, batch, image_embeds, image_embeds_m):
@@ -181,7 +181,7 @@ def test_mlm_capacity_overflow_unmasks_extra_positions(tiny_model, batch, monkey
     capacity = 3
     monkeypatch.setattr(pretrain, "masked_capacity", lambda n, p: capacity)
     model = tiny_model.eval()
-    model.config.mlm_probability = 0.9
+    model.mlm_probability = 0.9  # a plain attribute: forward never reads model.config
     with torch.no_grad():
         image_embeds, _ = model.encode_image(batch["image"])
         image_embeds_m = model.visual_encoder_m(batch["image"])

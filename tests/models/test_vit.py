@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from albef_plugin.models.vit import VisionEncoder
-from albef_plugin.registry import registry
 
 TINY = dict(image_size=32, patch_size=8, width=32, depth=2, num_heads=2)
 
@@ -28,10 +27,6 @@ def test_parameter_names_are_the_official_keys():
                 "blocks.1.mlp.fc2.bias", "norm.weight", "norm.bias"}
     assert expected <= keys, sorted(expected - keys)
     assert not [k for k in keys if k.startswith(("head", "fc_norm"))]
-
-
-def test_registered_as_encoder():
-    assert registry.get_encoder_class("vit") is VisionEncoder
 
 
 def test_gradient_checkpointing_same_output():

@@ -46,13 +46,12 @@ def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatc
     checkpointer = Checkpointer(str(tmp_path), max_to_keep=-1)
     checkpointer.save({"x": torch.ones(1)}, update=1)
 
-    def broken_save(obj, path):
-        with open(path, "wb") as handle:
-            handle.write(b"partial")
-        raise OSError("disk full")
+    def broken_save(obj, handle):
+        handle.write(b"partial")
+        raise OSError("the network filesystem went away")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match="went away"):
         checkpointer.save({"x": torch.zeros(1)}, update=2)
     assert torch.equal(load_ckpt(tmp_path / "current.ckpt")["x"], torch.ones(1))
     assert not [f for f in _all_files(tmp_path) if f.endswith(".tmp")]
@@ -80,6 +79,19 @@ def test_resume_precedence(tmp_path, files, resume, resume_file, resume_best, ex
     config = _checkpoint_config(resume, str(tmp_path / resume_file) if resume_file else None, resume_best)
     found = resolve_resume_file(config, str(tmp_path))
     assert (found[0] if found else None) == (str(tmp_path / expected) if expected else None)
+
+
+def test_resume_without_current_takes_the_newest_readable_snapshot(tmp_path, caplog):
+    run_trainer(make_config(tmp_path, "training.max_updates=6", "training.checkpoint_interval=2"))
+    os.remove(tmp_path / "current.ckpt")
+    (tmp_path / "models" / "model_6.ckpt").write_bytes(b"truncated")  # unreadable: passed over
+    with caplog.at_level(logging.INFO):
+        trainer = build_trainer(make_config(tmp_path, "training.max_updates=8",
+                                            "checkpoint.resume=true"))
+    assert trainer.state.update == 4
+    assert "model_4.ckpt (checkpoint.resume=true and" in caplog.text
+    assert "newest readable snapshot" in caplog.text and "model_6.ckpt is unreadable" in caplog.text
+    trainer.close()
 
 
 def test_missing_resume_file_is_a_clear_error(tmp_path):
@@ -174,3 +186,18 @@ def test_best_checkpoint_and_early_stop(tmp_path):
     assert load_ckpt(tmp_path / "best.ckpt")["train_state"]["update"] == 1
     assert load_ckpt(tmp_path / "current.ckpt")["train_state"]["update"] == 3
     assert read_records(tmp_path, "train")[-1]["update"] == 3
+
+
+def test_resume_reports_every_changed_key_that_affects_training(tmp_path, caplog):
+    run_trainer(make_config(tmp_path, "training.max_updates=2"))
+    with caplog.at_level(logging.WARNING):
+        trainer = build_trainer(make_config(
+            tmp_path, "training.max_updates=4", "checkpoint.resume=true", "optimizer.params.lr=0.02",
+            "scheduler.params.min_lr=0.001", "model_config.toy_albef.dropout=0.1",
+            "training.log_interval=7", "training.progress_bar=true"))
+    trainer.close()
+    (line,) = [r.message for r in caplog.records if "differs from the checkpoint" in r.message]
+    for change in ("optimizer.params.lr: 0.01 -> 0.02", "scheduler.params.min_lr: 0.0001 -> 0.001",
+                   "model_config.toy_albef.dropout: 0.2 -> 0.1", "training.max_updates: 2 -> 4"):
+        assert change in line, line
+    assert "log_interval" not in line and "progress_bar" not in line and "resume" not in line

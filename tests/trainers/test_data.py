@@ -78,3 +78,31 @@ def test_loader_refuses_batch_larger_than_the_data():
     with pytest.raises(ValueError, match="training.batch_size=8"):
         build_train_loader(ToyDataset(5, []), toy_collate, batch_size=8, seed=0, rank=0, world_size=1,
                            num_workers=0, pin_memory=False, persistent_workers=False)
+
+
+def test_seeding_a_sample_never_touches_the_cuda_generators(monkeypatch):
+    """A batch loaded in the main process must not reset the model's CUDA random stream."""
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: reseeded.append(seed))
+    dataset = SeededSamples(ToyDataset(4, []), seed=5)
+    first = dataset[(1, 2)]["image"]
+    assert torch.equal(first, dataset[(1, 2)]["image"])
+    assert reseeded == []
+
+
+def test_image_text_collate_pads_a_partial_batch_and_gives_none_for_an_empty_one():
+    from albef_plugin.datasets.collate import ImageTextCollate
+
+    def tokens(texts):
+        return {"input_ids": torch.ones(len(texts), 3, dtype=torch.long),
+                "attention_mask": torch.ones(len(texts), 3, dtype=torch.long)}
+
+    def sample(i):
+        return {"image": torch.full((3, 2, 2), float(i)), "text": f"caption {i}", "image_id": i}
+
+    collate = ImageTextCollate(tokens)
+    batch = collate([sample(0), None, sample(2), None])
+    assert batch["image"].shape[0] == 4 and batch["num_skipped"] == 2
+    assert batch["image_id"].tolist() == [0, 2, 0, 2]       # repeats keep their image id
+    assert collate([None, None]) is None

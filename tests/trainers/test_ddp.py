@@ -7,6 +7,7 @@ import torch._dynamo  # noqa: F401  (imported once here, before forking; see the
 import torch.multiprocessing as mp
 
 from albef_plugin.distributed import destroy_distributed, init_distributed
+from albef_plugin.trainers.data import ResumableDistributedSampler
 
 from .toy_components import build_trainer, load_ckpt, make_config, read_records
 
@@ -36,8 +37,16 @@ def _worker(rank: int, save_dir: str, port: int) -> None:
         trainer.batches.loader.collate_fn = lambda samples: seen.extend(
             s["index"] for s in samples if s is not None) or collate(samples)
         trainer.run()
+        # rank 0's first batch entirely unreadable (dropped): both ranks skip that step together
+        first_of_rank0 = ResumableDistributedSampler(16, WORLD_SIZE, 0, seed=42).indices()[:4]
+        dropped = build_trainer(make_config(
+            os.path.join(save_dir, "dropped"), "training.max_updates=2",
+            f"dataset_config.toy_data.skip_indices={first_of_rank0}"))
+        dropped.run()
         torch.save({"params": {n: p.detach() for n, p in trainer.model.named_parameters()},
-                    "seen": seen, "update": trainer.state.update},
+                    "seen": seen, "update": trainer.state.update,
+                    "dropped_forwards": int(dropped.model.num_train_forwards),
+                    "dropped_update": dropped.state.update},
                    os.path.join(save_dir, f"rank{rank}.pt"))
     finally:
         destroy_distributed()
@@ -50,6 +59,10 @@ def test_two_process_ddp(tmp_path):
                        start_method="fork")
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
     assert results[0]["update"] == results[1]["update"] == 4
+    # the all-dropped batch of rank 0 was skipped by both ranks (no hang, same counts)
+    assert [r["dropped_update"] for r in results] == [2, 2]
+    assert [r["dropped_forwards"] for r in results] == [1, 1]
+    assert read_records(tmp_path / "dropped", "train")[0]["num_skipped"] == 8
     for name, param in results[0]["params"].items():
         assert torch.equal(param, results[1]["params"][name]), name
     initial = load_ckpt(tmp_path / "models" / "model_2.ckpt")["model"]

@@ -46,6 +46,21 @@ def test_alpha_follows_the_train_state_of_each_batch(tmp_path):
     assert trainer.model.alphas == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.4])
 
 
+def test_first_micro_batch_flag_marks_the_start_of_each_update(tmp_path):
+    """Models step their EMA on the first micro-batch of an update only (see TrainState)."""
+    trainer = build_trainer(make_config(tmp_path, "training.max_updates=2", "training.update_frequency=3"))
+    seen = []
+    forward = trainer.model.forward
+
+    def recording_forward(batch, train_state=None):
+        seen.append(train_state.first_micro_batch)
+        return forward(batch, train_state)
+
+    trainer.model.forward = recording_forward
+    trainer.run()
+    assert seen == [True, False, False, True, False, False]
+
+
 def _grads_at_first_step(config):
     """Run one update and return the gradients the optimizer steps with."""
     trainer = build_trainer(config)
@@ -99,6 +114,23 @@ def test_an_all_skipped_batch_is_passed_over(tmp_path):
                                       f"dataset_config.toy_data.skip_indices={first_batch}"))
     assert trainer.state.update == 4
     assert int(trainer.model.num_train_forwards) == 3
+    first = read_records(tmp_path, "train")[0]
+    assert first["num_skipped"] == 4 and "total_loss" not in first
+
+
+def test_a_batch_collated_to_none_is_passed_over(tmp_path):
+    """ImageTextCollate returns None when on_unreadable=drop dropped every sample."""
+    trainer = build_trainer(make_config(tmp_path, "training.max_updates=3"))
+    collate = trainer.batches.loader.collate_fn
+    calls = []
+
+    def first_batch_all_dropped(samples):
+        calls.append(len(samples))
+        return None if len(calls) == 1 else collate(samples)
+
+    trainer.batches.loader.collate_fn = first_batch_all_dropped
+    trainer.run()
+    assert trainer.state.update == 3 and int(trainer.model.num_train_forwards) == 2
     first = read_records(tmp_path, "train")[0]
     assert first["num_skipped"] == 4 and "total_loss" not in first
 

@@ -149,11 +149,10 @@ class ToyBuilder:
 class ToyLossMetric:
     """r_mean = -MSE of the model on the dataset (deterministic: eval mode, no augmentation use)."""
 
-    def __init__(self, evaluation_config: Any) -> None:
-        self.evaluation_config = evaluation_config
+    def __init__(self, params: Any = None) -> None:
+        self.params = params
 
-    def evaluate(self, model: nn.Module, dataset: Dataset, device: torch.device,
-                 precision: str) -> Dict[str, float]:
+    def evaluate(self, model: nn.Module, dataset: Dataset, context: Any) -> Dict[str, float]:
         assert not model.training, "the trainer must hand over the model in eval mode"
         with torch.random.fork_rng():
             batch = toy_collate([dataset[i] for i in range(len(dataset))])
@@ -165,11 +164,10 @@ class ToyLossMetric:
 class ToyWorseningMetric:
     """r_mean = -(number of training forwards): never improves after the first evaluation."""
 
-    def __init__(self, evaluation_config: Any) -> None:
+    def __init__(self, params: Any = None) -> None:
         pass
 
-    def evaluate(self, model: nn.Module, dataset: Dataset, device: torch.device,
-                 precision: str) -> Dict[str, float]:
+    def evaluate(self, model: nn.Module, dataset: Dataset, context: Any) -> Dict[str, float]:
         return {"r_mean": -float(model.num_train_forwards)}
 
 

@@ -1,4 +1,6 @@
-"""ALBEF models (importing registers them)."""
+"""The ALBEF model family (importing registers the task models)."""
+from albef_plugin.models.albef.base import ALBEFBase
 from albef_plugin.models.albef.pretrain import ALBEFPretrain
+from albef_plugin.models.albef.retrieval import ALBEFRetrieval
 
-__all__ = ["ALBEFPretrain"]
+__all__ = ["ALBEFBase", "ALBEFPretrain", "ALBEFRetrieval"]

@@ -17,16 +17,20 @@ format                      recognised by
 The mapping is a short, declarative pipeline (no suffix matching):
 
 1. drop a ``module.`` prefix (DDP);
-2. align the text encoder prefix with the model: add ``bert.`` when the file has none and
-   the model has an MLM head (``text_encoder.bert.*``), strip it in the opposite case;
+2. the model's own checkpoint filter (``model.checkpoint_filter(state)``, see ``filters.py``):
+   a rename table per source layout (e.g. ``albef_retrieval`` strips ``text_encoder.bert.``
+   from pre-training files and ignores their MLM head), layer-index remapping where a task
+   needs it, and the differences that layout is expected to have, with their reasons;
 3. resample ``*pos_embed`` of every ViT whose grid differs from the file's (bicubic,
    ``align_corners=False``, class token kept: the official ``interpolate_pos_embed``);
 4. keep the model's freshly initialised ITC queues when the file's queue size differs;
    momentum copies (``<name>_m``) the file has no key of are copied from the loaded online
    weights (files exported without the momentum model);
-5. compare keys; every difference is either listed in :data:`TOLERATED` (with its reason,
-   reported in ``LoadResult.tolerated``) or reported in ``missing`` / ``unexpected``,
-   which ``strict=True`` turns into an error. A tensor of the wrong shape is always an error.
+5. compare keys; every difference is either expected (the model's filter, or the
+   model-independent :data:`TOLERATED` table; reported in ``LoadResult.tolerated`` with its
+   reason) or reported in ``missing`` / ``unexpected``, which ``strict=True`` turns into an
+   error listing them (e.g. a checkpoint of another task). A tensor of the wrong shape is
+   always an error.
 
 After a load, ``model.pretrained_cfg`` records what travels with the weights (format,
 source, text form, image size, normalisation); processors derive from it (see
@@ -46,9 +50,12 @@ from typing import Any, Dict, Mapping, Union
 
 from torch import nn
 
+from albef_plugin.models.checkpoints.filters import (CheckpointFilter, copy_layers,
+                                                     duplicate_fusion_layers,
+                                                     fusion_layers_to_decoder, rename_keys,
+                                                     text_encoder_layout)
 from albef_plugin.models.checkpoints.mapping import (QUEUE_KEYS, TOLERATED, LoadResult,
                                                      absent_momentum_children,
-                                                     align_text_encoder_prefix,
                                                      copy_online_to_momentum,
                                                      group_keys_by_prefix, image_size_of,
                                                      keep_model_queues, load_state_dict_checked,
@@ -70,6 +77,8 @@ __all__ = [
     "TEXT_FORM_OFFICIAL", "TEXT_FORM_WITH_SEP", "SAFETENSORS_NAME", "CONFIG_NAME",
     "safe_torch_load", "read_checkpoint", "detect_format", "resample_pos_embed", "image_size_of",
     "load_checkpoint", "load_state_dict_checked", "group_keys_by_prefix", "copy_online_to_momentum",
+    "CheckpointFilter", "rename_keys", "copy_layers", "duplicate_fusion_layers",
+    "fusion_layers_to_decoder", "text_encoder_layout",
 ]
 
 logger = logging.getLogger(__name__)
@@ -107,7 +116,8 @@ def load_checkpoint(model: nn.Module,
         path_or_state_dict: a ``.pth`` / ``.ckpt`` / ``.safetensors`` file, a folder written
             by ``tools/convert_checkpoint.py``, or an in-memory (state) dict.
         strict: raise :class:`CheckpointError` on any missing or unexpected key that is not
-            an expected difference (see :data:`TOLERATED`).
+            an expected difference (the model's checkpoint filter, :data:`TOLERATED`); e.g. a
+            checkpoint of another task is refused with the list of differing keys.
         allow_unsafe_pickle: trusted files only; see :func:`safe_torch_load`.
 
     Returns:
@@ -117,18 +127,21 @@ def load_checkpoint(model: nn.Module,
     contents = read_checkpoint(path_or_state_dict, allow_unsafe_pickle)
     own = model.state_dict()
     state = strip_module_prefix(dict(contents.state_dict))
-    state = align_text_encoder_prefix(state, own)
+    expected: Dict[str, str] = {}
+    checkpoint_filter = getattr(model, "checkpoint_filter", None)
+    if checkpoint_filter is not None:
+        state, expected = checkpoint_filter(state)
     contents.metadata.setdefault("image_size", image_size_of(state))
     result = LoadResult(format=contents.format)
     result.resampled = resample_vit_pos_embeds(model, state, own)
     keep_model_queues(state, own, result.tolerated)
     absent = absent_momentum_children(model, state)
     reason = "momentum copy absent from the file: re-initialised from the loaded online weights"
-    momentum_keys = {k: reason for k in own if k.split(".")[0] in absent}
+    expected.update({k: reason for k in own if k.split(".")[0] in absent})
     logger.info("loading %s (format %s) into %s", contents.source, contents.format,
                 type(model).__name__)
     load_state_dict_checked(model, state, fmt=contents.format, strict=strict,
-                            source=contents.source, extra_tolerated=momentum_keys, result=result)
+                            source=contents.source, extra_tolerated=expected, result=result)
     if absent:
         copy_online_to_momentum(model, absent)
     model.pretrained_cfg = _pretrained_cfg(model, contents)  # type: ignore[assignment]

@@ -1,5 +1,7 @@
-"""Mapping a read state dict onto a model: prefixes, position embeddings, queues, tied
-weights, and the one table of tolerated differences (see the package docstring)."""
+"""Mapping a read state dict onto a model, the model-independent steps: the DDP prefix,
+position embeddings, queues, momentum copies, tied weights, and the table of tolerated
+differences that hold for every model (see the package docstring; per-model renames are in
+filters.py)."""
 from __future__ import annotations
 
 import logging
@@ -12,34 +14,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from albef_plugin.models.checkpoints.reading import (FORMAT_OFFICIAL_FINETUNED,
-                                                     FORMAT_OFFICIAL_PRETRAIN, FORMAT_STATE_DICT,
-                                                     CheckpointError)
+from albef_plugin.models.checkpoints.reading import FORMAT_STATE_DICT, CheckpointError
 
 __all__ = ["LoadResult", "TOLERATED", "QUEUE_KEYS", "resample_pos_embed", "image_size_of",
            "load_state_dict_checked", "group_keys_by_prefix", "strip_module_prefix",
-           "align_text_encoder_prefix", "resample_vit_pos_embeds", "keep_model_queues",
+           "resample_vit_pos_embeds", "keep_model_queues",
            "momentum_pairs", "copy_online_to_momentum", "absent_momentum_children"]
 
 logger = logging.getLogger(__name__)
 
 QUEUE_KEYS = ("image_queue", "text_queue", "idx_queue", "queue_ptr")
 
-# Every tolerated difference between a file and a model, in one place:
-# (side, regex on the model-side key, formats it applies to (None = all), reason).
+# Model-independent tolerated differences: (side, regex on the key, formats it applies to
+# (None = all), reason). What depends on the model (an MLM head a task file lacks, an idx_queue
+# a pre-training file lacks, ...) is in that model's checkpoint filters (filters.py).
 TOLERATED: Tuple[Tuple[str, str, Optional[Tuple[str, ...]], str], ...] = (
     ("unexpected", r"(^|\.)position_ids$", None,
      "BERT position ids: a constant buffer, rebuilt by the model (non-persistent here)"),
     ("unexpected", r"(^|\.)token_type_ids$", None,
      "BERT token type ids: a constant buffer (ALBEF always uses type 0)"),
-    ("unexpected", r"^idx_queue$", None,
-     "retrieval image-id queue: the model has no retrieval ITC targets"),
-    ("missing", r"^idx_queue$", (FORMAT_OFFICIAL_PRETRAIN,),
-     "retrieval image-id queue: pre-training files have none; starts empty (-100)"),
-    ("missing", r"^text_encoder(_m)?\.cls\.", (FORMAT_OFFICIAL_FINETUNED,),
-     "MLM head: retrieval / grounding checkpoints have none; left as initialised"),
-    ("unexpected", r"^text_encoder(_m)?\.cls\.", (FORMAT_OFFICIAL_PRETRAIN,),
-     "MLM head: this model has no MLM head (official Retrieval.py drops it too)"),
 )
 
 
@@ -69,24 +62,6 @@ def strip_module_prefix(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tenso
     if state and all(k.startswith("module.") for k in state):
         return {k[len("module."):]: v for k, v in state.items()}
     return state
-
-
-def align_text_encoder_prefix(state: Dict[str, torch.Tensor],
-                               model_keys: Iterable[str]) -> Dict[str, torch.Tensor]:
-    """Add / strip ``bert.`` after ``text_encoder(_m).`` so the file matches the model."""
-    model_keys = list(model_keys)
-    out = dict(state)
-    for prefix in ("text_encoder.", "text_encoder_m."):
-        bert = prefix + "bert."
-        model_has_bert = any(k.startswith(bert) for k in model_keys)
-        model_has_plain = any(k.startswith(prefix + "embeddings.") for k in model_keys)
-        file_has_bert = any(k.startswith(bert) for k in state)
-        body = (prefix + "embeddings.", prefix + "encoder.")
-        if model_has_bert and not file_has_bert:
-            out = {(bert + k[len(prefix):] if k.startswith(body) else k): v for k, v in out.items()}
-        elif model_has_plain and file_has_bert:
-            out = {(prefix + k[len(bert):] if k.startswith(bert) else k): v for k, v in out.items()}
-    return out
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, new_grid: Tuple[int, int],

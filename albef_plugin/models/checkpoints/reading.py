@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
 import pickle
+import pickletools
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
+
+from albef_plugin.errors import UserError
 
 __all__ = [
     "CheckpointError", "UnsafeCheckpointError", "CheckpointContents", "HARMLESS_GLOBALS",
@@ -51,7 +56,7 @@ except (ImportError, AttributeError):  # pragma: no cover - numpy absent or reor
 HARMLESS_GLOBALS: List[Any] = [argparse.Namespace, *_NUMPY_GLOBALS]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint cannot be used; the message says which file and what to do."""
 
 
@@ -87,10 +92,18 @@ def safe_torch_load(path: Union[str, Path], allow_unsafe_pickle: bool = False) -
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file {path!r} does not exist")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path!r} is empty (0 bytes): an interrupted copy or write? Use "
+                              f"another checkpoint.")
     try:
         with torch.serialization.safe_globals(HARMLESS_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if not _is_intact_pickle(path):  # garbage: never suggest unsafe loading for it
+            raise CheckpointError(
+                f"{path!r} is not a readable torch checkpoint: its content is neither a torch "
+                f"zip archive nor a valid pickle (corrupt, truncated or another format). Use "
+                f"another copy of the file.") from error
         if not allow_unsafe_pickle:
             raise UnsafeCheckpointError(
                 f"{path!r} contains Python objects that torch.load(weights_only=True) refuses "
@@ -98,13 +111,41 @@ def safe_torch_load(path: Union[str, Path], allow_unsafe_pickle: bool = False) -
                 f"allow it explicitly: checkpoint.allow_unsafe_pickle=true (trainer resume "
                 f"files), model_config.<model>.allow_unsafe_pickle=true (the model's checkpoint "
                 f"and pretrained weights) or allow_unsafe_pickle=True (load_checkpoint, "
-                f"load_model_and_preprocess). (torch said: {str(error).splitlines()[0]})"
+                f"load_model_and_preprocess). (torch said: {_first_line(error)})"
             ) from error
     except (RuntimeError, EOFError, OSError) as error:
         raise CheckpointError(f"{path!r} is not a readable torch checkpoint (truncated or another "
-                              f"format?): {str(error).splitlines()[0]}") from error
+                              f"format?): {_first_line(error)}") from error
     logger.warning("loading %s with weights_only=False (unsafe pickle explicitly allowed)", path)
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _is_intact_pickle(path: str) -> bool:
+    """Whether ``path`` holds a well-formed pickle (a torch zip's ``data.pkl``, or a legacy /
+    plain pickle stream), judged by parsing its opcodes without executing any.
+
+    Tells a real file with objects ``weights_only`` refuses (it may be trusted and loaded
+    unsafely) from garbage (random bytes, a truncated or foreign file).
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                if not names:
+                    return False
+                stream: Any = io.BytesIO(archive.read(names[0]))
+        else:
+            stream = open(path, "rb")
+        with stream:
+            opcodes = [op.name for op, _, _ in pickletools.genops(stream)]
+    except Exception:  # unknown opcode, truncated stream, bad zip: not a pickle
+        return False
+    return len(opcodes) > 2 and opcodes[0] == "PROTO" and opcodes[-1] == "STOP"
 
 
 def _read_safetensors(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
