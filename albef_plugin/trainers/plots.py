@@ -90,6 +90,19 @@ def plotted_eval_series(evaluation: Series) -> Dict[str, Tuple[str, str, List[Tu
     return selected
 
 
+def _eval_styles(labels: List[str]) -> Tuple[Dict[str, str], Dict[str, str]]:
+    """Colour per measure (TR@1, IR@1, r_mean, or the metric) and line style per ranking, so
+    ``itc TR@1`` and ``itm TR@1`` share a colour and differ by their dashes."""
+    measures: Dict[str, str] = {}
+    rankings: Dict[str, str] = {}
+    colours, dashes = {}, {}
+    for label in labels:
+        ranking, _, measure = label.rpartition(" ")
+        colours[label] = measures.setdefault(measure, f"C{len(measures) % 10}")
+        dashes[label] = rankings.setdefault(ranking, ["-", "--", ":", "-."][len(rankings) % 4])
+    return colours, dashes
+
+
 def plot_training_curves(metrics_path: str, output_path: Optional[str] = None) -> str:
     """Draw the loss and metric curves of ``metrics_path`` into a PNG; returns its path."""
     import matplotlib
@@ -117,12 +130,11 @@ def draw_training_curves(train: Series, evaluation: Series) -> Any:
     loss_axis.set(title="training losses", xlabel="update", ylabel="loss")
 
     series = plotted_eval_series(evaluation)
-    labels = sorted({label for _, label, _ in series.values()})
-    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    colours, dashes = _eval_styles(sorted({label for _, label, _ in series.values()}))
     for key in sorted(series, key=lambda k: (series[k][0] != "val", series[k][1])):
         split, label, points = series[key]
         updates, values = zip(*points)
-        style = ({"marker": "o", "markersize": 3} if split == "val"
+        style = ({"marker": "o", "markersize": 3, "linestyle": dashes[label]} if split == "val"
                  else {"marker": "*", "markersize": 11, "linestyle": "none"})
         metric_axis.plot(updates, values, color=colours[label], label=f"{split} {label}", **style)
     metric_axis.set(title="evaluation", xlabel="update", ylabel="metric")

@@ -63,6 +63,10 @@ def test_png_has_both_legends_outside_the_axes(tmp_path):
             assert legend.get_window_extent(renderer).x0 >= axis.get_window_extent(renderer).x1
         metric_legend = [t.get_text() for t in figure.axes[1].get_legend().get_texts()]
         assert len(metric_legend) == 12 and "val itm TR@1" in metric_legend
+        lines = {line.get_label(): line for line in figure.axes[1].get_lines()}
+        itc, itm = lines["val itc TR@1"], lines["val itm TR@1"]
+        assert itc.get_color() == itm.get_color() and itc.get_linestyle() != itm.get_linestyle()
+        assert itc.get_color() != lines["val itc IR@1"].get_color()
     finally:
         plt.close(figure)
     png = plot_training_curves(str(tmp_path / "metrics.jsonl"))
