@@ -8,7 +8,7 @@ Left panel: every ``train/<loss>`` and ``total_loss`` against the update. Right 
 evaluation metrics against the update. Retrieval reports nine numbers per ranking (TR/IR R@1,
 5, 10, their means and ``r_mean``); the panel keeps R@1 both ways and ``r_mean`` per ranking
 (``metrics.jsonl`` keeps them all), one colour per number and ranking, periodic ``val``
-evaluations as lines and other splits (the final ``test``) as stars. Other metrics (accuracy,
+evaluations as lines and other splits (the final ``test``) as markers. Other metrics (accuracy,
 ...) are drawn as they are. Legends sit outside the axes so they never hide a curve. Records
 repeated after a resume (same kind and update) keep their last version.
 """
@@ -90,17 +90,20 @@ def plotted_eval_series(evaluation: Series) -> Dict[str, Tuple[str, str, List[Tu
     return selected
 
 
-def _eval_styles(labels: List[str]) -> Tuple[Dict[str, str], Dict[str, str]]:
-    """Colour per measure (TR@1, IR@1, r_mean, or the metric) and line style per ranking, so
-    ``itc TR@1`` and ``itm TR@1`` share a colour and differ by their dashes."""
+def _eval_styles(labels: List[str]) -> Tuple[Dict[str, str], Dict[str, str], Dict[str, str]]:
+    """Colour per measure (TR@1, IR@1, r_mean, or the metric), line style (val) and marker
+    (test) per ranking: ``itc TR@1`` and ``itm TR@1`` share a colour and differ by their
+    dashes or markers."""
     measures: Dict[str, str] = {}
-    rankings: Dict[str, str] = {}
-    colours, dashes = {}, {}
+    rankings: Dict[str, int] = {}
+    colours, dashes, markers = {}, {}, {}
     for label in labels:
         ranking, _, measure = label.rpartition(" ")
         colours[label] = measures.setdefault(measure, f"C{len(measures) % 10}")
-        dashes[label] = rankings.setdefault(ranking, ["-", "--", ":", "-."][len(rankings) % 4])
-    return colours, dashes
+        order = rankings.setdefault(ranking, len(rankings))
+        dashes[label] = ["-", "--", ":", "-."][order % 4]
+        markers[label] = ["*", "X", "P", "D"][order % 4]
+    return colours, dashes, markers
 
 
 def plot_training_curves(metrics_path: str, output_path: Optional[str] = None) -> str:
@@ -130,12 +133,12 @@ def draw_training_curves(train: Series, evaluation: Series) -> Any:
     loss_axis.set(title="training losses", xlabel="update", ylabel="loss")
 
     series = plotted_eval_series(evaluation)
-    colours, dashes = _eval_styles(sorted({label for _, label, _ in series.values()}))
+    colours, dashes, markers = _eval_styles(sorted({label for _, label, _ in series.values()}))
     for key in sorted(series, key=lambda k: (series[k][0] != "val", series[k][1])):
         split, label, points = series[key]
         updates, values = zip(*points)
         style = ({"marker": "o", "markersize": 3, "linestyle": dashes[label]} if split == "val"
-                 else {"marker": "*", "markersize": 11, "linestyle": "none"})
+                 else {"marker": markers[label], "markersize": 10, "linestyle": "none"})
         metric_axis.plot(updates, values, color=colours[label], label=f"{split} {label}", **style)
     metric_axis.set(title="evaluation", xlabel="update", ylabel="metric")
     for axis, has_data in ((loss_axis, bool(train)), (metric_axis, bool(series))):
