@@ -6,6 +6,8 @@ Registered builders (``registry.get_builder_class(name)``):
 - ``albef_retrieval_json``: official re_train (train) + re_eval (val / test)
 - ``demo_pretrain`` / ``synthetic_pretrain``: the same on the generated synthetic world
 - ``demo_retrieval`` / ``synthetic_retrieval``
+- ``albef_pretrain_shards`` / ``webdataset_pretrain``: pre-training from webdataset tar shards
+- ``demo_pretrain_shards`` / ``synthetic_pretrain_shards``: the synthetic world as shards
 
 Batch contract: see :mod:`albef_plugin.datasets.collate`.
 """
@@ -18,6 +20,8 @@ from albef_plugin.datasets.collate import EvalImageCollate, ImageTextCollate
 from albef_plugin.datasets.images import UnreadableImageError, read_rgb
 from albef_plugin.datasets.pretrain import PretrainDataset
 from albef_plugin.datasets.retrieval import RetrievalEvalDataset, RetrievalTrainDataset
+from albef_plugin.datasets.shard_builders import DemoPretrainShardsBuilder, ShardsPretrainBuilder
+from albef_plugin.datasets.streams import SampleStream
 from albef_plugin.datasets.synthetic import DemoPretrainBuilder, DemoRetrievalBuilder
 
 __all__ = [
@@ -25,5 +29,6 @@ __all__ = [
     "JsonImageTextBuilder", "PretrainJsonBuilder", "RetrievalJsonBuilder", "DemoPretrainBuilder",
     "DemoRetrievalBuilder", "PretrainDataset", "RetrievalTrainDataset", "RetrievalEvalDataset",
     "ImageTextCollate", "EvalImageCollate", "AnnotationError", "load_annotations",
-    "UnreadableImageError", "read_rgb",
+    "UnreadableImageError", "read_rgb", "ShardsPretrainBuilder", "DemoPretrainShardsBuilder",
+    "SampleStream",
 ]

@@ -18,6 +18,7 @@ Both share one config layout (:class:`JsonDatasetConfig`)::
           train_image: {type: albef_image_train, params: {scale: [0.5, 1.0]}}
           eval_image: {type: albef_image_eval, params: {}}
         on_unreadable: substitute           # substitute | drop | error
+        weight: null                        # sampling weight when mixed with a shard stream (null: by size)
 """
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ class JsonDatasetConfig:
     annotations: SplitFilesConfig = field(default_factory=SplitFilesConfig)
     processors: ProcessorsConfig = field(default_factory=ProcessorsConfig)
     on_unreadable: str = "substitute"  # missing / corrupt training image: substitute | drop | error
+    # sampling weight when mixed with a shard stream; null = the dataset's size (its share of an epoch)
+    weight: Optional[float] = None
 
 
 class JsonImageTextBuilder(BaseDatasetBuilder):

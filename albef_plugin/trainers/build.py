@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -19,6 +20,7 @@ from albef_plugin.datasets.base import DEFAULT_SPLIT_ROLES, check_split_roles
 from albef_plugin.distributed import get_world_size, main_process_first
 from albef_plugin.registry import registry
 from albef_plugin.trainers.data import concat_or_single
+from albef_plugin.trainers.stream_data import mix_training_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ def build_datasets(config: Any, roles: Sequence[str], required: Sequence[str] = 
                               f"run_type.")
 
     train_parts: List[Dataset] = []
+    train_names: List[str] = []
     for name, builder in builders.items():
         splits = built.declared[name]
         wanted = [split for split, role in splits.items() if role in roles]
@@ -115,6 +118,7 @@ def build_datasets(config: Any, roles: Sequence[str], required: Sequence[str] = 
             logger.info("dataset %s/%s (%s): %d samples", name, split, role, len(dataset))
             if role == "train":
                 train_parts.append(dataset)
+                train_names.append(name)
                 if built.train_collate is None:
                     built.train_collate = builder.collate_fn(split)
                 continue
@@ -124,7 +128,10 @@ def build_datasets(config: Any, roles: Sequence[str], required: Sequence[str] = 
             built.eval.setdefault(split, {})[name] = dataset
             built.eval_collate.setdefault(split, {})[name] = builder.collate_fn(split)
     if train_parts:
-        built.train = concat_or_single(train_parts)
+        # a shard stream among them: one stream mixed by dataset_config.<name>.weight
+        weights = [OmegaConf.select(config.dataset_config[n], "weight", default=None) for n in train_names]
+        built.train = mix_training_datasets(train_parts, train_names, weights) \
+            or concat_or_single(train_parts)
     return built
 
 

@@ -6,7 +6,8 @@ A checkpoint (format version 1) is a dict of tensors / primitives / containers:
 encoders and queues included), ``optimizer``, ``lr_scheduler``, ``scaler``,
 ``train_state`` (TrainState), ``rng`` (one state per rank), ``data`` (epoch,
 iteration_in_epoch, skipped_in_epoch, sampler_seed, batch_size, world_size,
-iterations_per_epoch), ``best`` (best metric key / value / update), ``loss_history``
+iterations_per_epoch; ``stream``: each rank's stream position when training on shards, see
+``trainers/stream_data.py``), ``best`` (best metric key / value / update), ``loss_history``
 (the recent total losses the divergence guard compares with; optional) and ``config``
 (the resolved config as plain containers).
 
@@ -20,9 +21,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Tuple
 
-import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from albef_plugin.distributed import get_world_size, unwrap_model
 from albef_plugin.models.checkpoints import load_checkpoint
@@ -30,6 +29,7 @@ from albef_plugin.trainers.checkpointer import (CHECKPOINT_FORMAT_VERSION, Check
                                                 load_checkpoint_file, load_model_state,
                                                 resolve_resume_file)
 from albef_plugin.trainers.rng import gather_rng_states, restore_rank_rng_state
+from albef_plugin.trainers.stream_data import StreamBatchIterator, gather_stream_state
 
 if TYPE_CHECKING:
     from albef_plugin.trainers.trainer import Trainer
@@ -42,6 +42,7 @@ __all__ = ["checkpoint_payload", "load_start_checkpoint"]
 def checkpoint_payload(trainer: "Trainer") -> Dict[str, Any]:
     """Everything needed to continue as if never stopped. A collective (gathers RNG states)."""
     rng_states = gather_rng_states()
+    stream_states = gather_stream_state(trainer.batches)  # None unless training on a stream
     if not trainer.is_main:
         return {}
     state, batches = trainer.state, trainer.batches
@@ -61,6 +62,7 @@ def checkpoint_payload(trainer: "Trainer") -> Dict[str, Any]:
             "batch_size": batches.batch_size,
             "world_size": get_world_size(),
             "iterations_per_epoch": batches.iterations_per_epoch,
+            **({"stream": stream_states} if stream_states is not None else {}),
         },
         "best": trainer.best.state_dict(),
         "loss_history": trainer.meter.history_state(),
@@ -125,6 +127,8 @@ def _restore_training_state(trainer: "Trainer", checkpoint: Mapping[str, Any], p
     _warn_on_changed_data_geometry(trainer, data)
     _warn_on_changed_training_keys(checkpoint.get("config"), trainer.config)
     trainer.batches.start_at(data["epoch"], data["iteration_in_epoch"])
+    if isinstance(trainer.batches, StreamBatchIterator):  # the shard stream's own position
+        trainer.batches.load_stream_state(data.get("stream"))
     if trainer.batches.epoch == data["epoch"]:  # same epoch continues: keep its skip count
         trainer.batches.skipped_in_epoch = int(data.get("skipped_in_epoch", 0))
     state.epoch, state.iteration_in_epoch = trainer.batches.position

@@ -3,9 +3,10 @@
 - :mod:`.world`: scene sampling, captions, rendering;
 - :mod:`.generate`: writing a world (JPEGs + official-format JSON), idempotently;
 - :mod:`.tasks`: VQA / NLVR2 / SNLI-VE / grounding annotations from the same scenes;
-- :mod:`.builders`: the ``demo_pretrain`` and ``demo_retrieval`` dataset builders.
+- :mod:`.builders`: the ``demo_pretrain`` and ``demo_retrieval`` dataset builders;
+- :mod:`.shards`: the training images as webdataset tar shards (``demo_pretrain_shards``).
 
-Command line: ``python -m albef_plugin.datasets.synthetic --out DIR [--num-train N ...]``.
+Command line: ``python -m albef_plugin.datasets.synthetic --out DIR [--num-train N ...] [--shards N]``.
 """
 from albef_plugin.datasets.synthetic.builders import DemoPretrainBuilder, DemoRetrievalBuilder
 from albef_plugin.datasets.synthetic.generate import (ANNOTATION_FILES, WorldSpec, generate_scenes,

@@ -1,6 +1,7 @@
 """Write a synthetic world from the command line.
 
     python -m albef_plugin.datasets.synthetic --out data/synthetic/demo --num-train 3000 --tasks
+    python -m albef_plugin.datasets.synthetic --out data/synthetic/demo --shards 250   # + tar shards
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 from typing import List, Optional
 
 from albef_plugin.datasets.synthetic.generate import WorldSpec, generate_world, load_scenes
+from albef_plugin.datasets.synthetic.shards import shard_pattern, write_world_shards
 from albef_plugin.datasets.synthetic.tasks import emit_all
 
 
@@ -31,6 +33,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if up to date")
     parser.add_argument("--tasks", action="store_true",
                         help="also write VQA / NLVR2 / SNLI-VE / grounding files under OUT/tasks")
+    parser.add_argument("--shards", type=int, default=0, metavar="N",
+                        help="also write the training images as webdataset tar shards of N images "
+                             "under OUT/shards-N (img2dataset layout)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -43,6 +48,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.tasks:
         for path in emit_all(load_scenes(folder), folder):
             logging.info("wrote %s", path)
+    if args.shards > 0:
+        shards = write_world_shards(folder, args.shards)
+        logging.info("shards ready: %s", shard_pattern(shards[0].parent, len(shards)))
     logging.info("world ready: %s", folder)
     return 0
 
