@@ -37,6 +37,7 @@ from albef_plugin.trainers.metrics_log import MetricsWriter, attach_file_log, de
 from albef_plugin.trainers.optim import build_optimizer
 from albef_plugin.trainers.plots import plot_training_curves
 from albef_plugin.trainers.preemption import RunPreempted, StopAgreement
+from albef_plugin.trainers.progress import progress_bar
 from albef_plugin.trainers.precision import (build_grad_scaler, get_autocast, resolve_device,
                                              resolve_precision)
 from albef_plugin.trainers.rng import seed_everything
@@ -208,8 +209,8 @@ class Trainer:
         self.wrapped.train()
         self.lr_scheduler.step(state.update)
         self.guard.start(self.model, state.update, current_update=self._last_saved)
-        self._progress = tqdm(total=self.max_updates, initial=state.update, desc="train",
-                              dynamic_ncols=True, disable=not (self.is_main and training.progress_bar))
+        self._progress = progress_bar(self.max_updates, state.update,
+                                      enabled=self.is_main and training.progress_bar)
         while state.update < self.max_updates and not self.stop_requested:
             self.train_step([self.batches.next() for _ in range(self.update_frequency)])
             self._progress.update(1)
