@@ -98,10 +98,13 @@ class EvalContext:
                batch_size: Optional[int] = None) -> DataLoader:
         """A loader over ``dataset`` in order; with ``shard`` each rank gets its own share
         (:class:`ShardSampler`)."""
+        from albef_plugin.trainers.preemption import init_signal_free_worker  # (trainers imports metrics)
+
         sampler = ShardSampler(len(dataset), get_rank(), get_world_size()) if shard else None
         return DataLoader(dataset, batch_size=batch_size or self.batch_size, shuffle=False,
                           sampler=sampler, collate_fn=self.collate_fn, num_workers=self.num_workers,
-                          pin_memory=self.device.type == "cuda")
+                          pin_memory=self.device.type == "cuda",
+                          worker_init_fn=init_signal_free_worker if self.num_workers else None)
 
     def output_path(self, kind: str = "predictions", suffix: str = ".json") -> Optional[str]:
         """``<output_dir>/<split>_<dataset>_<kind><suffix>``, or None without an output dir."""

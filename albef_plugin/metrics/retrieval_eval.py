@@ -196,9 +196,12 @@ class RetrievalEvaluator(BaseMetric):
     def _encode_images(self, model: torch.nn.Module, dataset: Any, context: EvalContext):
         # every rank encodes the whole set (re-ranking rows are split later); the default
         # collate is enough for {"image", "index"} items
+        from albef_plugin.trainers.preemption import init_signal_free_worker  # (trainers imports metrics)
+
         device = context.device
         loader = DataLoader(dataset, batch_size=context.batch_size, shuffle=False,
-                            num_workers=context.num_workers, pin_memory=device.type == "cuda")
+                            num_workers=context.num_workers, pin_memory=device.type == "cuda",
+                            worker_init_fn=init_signal_free_worker if context.num_workers else None)
         num_images = len(dataset)
         image_embeds: Optional[torch.Tensor] = None
         image_feats: Optional[torch.Tensor] = None

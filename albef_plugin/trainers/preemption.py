@@ -31,6 +31,7 @@ import torch.distributed as dist
 logger = logging.getLogger(__name__)
 
 __all__ = ["StopSignals", "STOP_SIGNALS", "StopAgreement", "RunPreempted", "ignore_stop_signals",
+           "init_signal_free_worker",
            "STOP_SIGNAL_NUMBERS"]
 
 STOP_SIGNAL_NUMBERS = (signal.SIGUSR2, signal.SIGTERM)
@@ -95,6 +96,11 @@ def ignore_stop_signals() -> None:
     """For DataLoader workers: the main process decides when they stop."""
     for signum in STOP_SIGNAL_NUMBERS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+def init_signal_free_worker(worker_id: int) -> None:
+    """``worker_init_fn`` of loaders that need no other worker set-up (evaluation, streams)."""
+    ignore_stop_signals()
 
 
 class StopAgreement:

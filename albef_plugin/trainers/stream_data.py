@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from albef_plugin.config.loader import ConfigError
 from albef_plugin.datasets.streams import MapStyleSource, SampleStream, StreamSource
 from albef_plugin.distributed import get_rank, get_world_size, is_distributed
+from albef_plugin.trainers.preemption import init_signal_free_worker
 
 __all__ = ["StreamCollate", "StreamBatchIterator", "build_stream_batches", "gather_stream_state",
            "mix_training_datasets"]
@@ -183,7 +184,8 @@ def build_stream_batches(stream: SampleStream, collate_fn: Optional[Callable], *
     # first batch, also after a resume) must not consume the model's random stream
     loader = DataLoader(stream, batch_size=batch_size, collate_fn=StreamCollate(collate_fn),
                         num_workers=num_workers, pin_memory=pin_memory, drop_last=True,
-                        generator=torch.Generator().manual_seed(seed))
+                        generator=torch.Generator().manual_seed(seed),
+                        worker_init_fn=init_signal_free_worker if num_workers else None)
     return StreamBatchIterator(loader, stream, world_size, on_epoch_end=on_epoch_end)
 
 

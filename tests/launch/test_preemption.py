@@ -4,6 +4,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import torch
 from submitit.core.utils import DelayedSubmission
 
 from albef_plugin.launch.errors import LaunchError
@@ -100,3 +101,28 @@ def test_metrics_after_the_checkpoint_are_dropped(tmp_path):
     assert drop_records_after(str(path), 2) == ["val"]
     assert path.read_text().splitlines() == lines[:4]
     assert drop_records_after(str(path), 2) == ["val"] and len(path.read_text().splitlines()) == 4
+
+
+class _SignalDispositions(torch.utils.data.Dataset):
+    """Each item: whether USR2 and SIGTERM are ignored in the process that loads it."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return torch.tensor([signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN,
+                             signal.getsignal(signal.SIGTERM) == signal.SIG_IGN])
+
+
+def test_training_and_evaluation_loader_workers_ignore_stop_signals():
+    """A requeue's SIGTERM must not kill loader workers ("killed by signal: Terminated"):
+    the main process stops them after its checkpoint."""
+    from albef_plugin.metrics.base import EvalContext
+    from albef_plugin.trainers.data import build_train_loader
+
+    train, _ = build_train_loader(_SignalDispositions(), None, batch_size=2, seed=0, rank=0,
+                                  world_size=1, num_workers=1, pin_memory=False,
+                                  persistent_workers=False)
+    assert next(iter(train)).all()
+    evaluation = EvalContext(num_workers=1, batch_size=2).loader(_SignalDispositions(), shard=False)
+    assert next(iter(evaluation)).all()
