@@ -72,6 +72,7 @@ class CaptionedImages(torch.utils.data.Dataset):
 
 def run_cpu_evaluation(num_images: int = 1000, k: int = 128, threads: int = 2) -> Dict[str, Any]:
     """Time ``RetrievalEvaluator.evaluate`` with the demo model on the CPU, per stage."""
+    from albef_plugin.metrics.base import EvalContext
     from albef_plugin.metrics.retrieval_eval import RetrievalEvaluator
     from albef_plugin.models import build_model
 
@@ -79,9 +80,9 @@ def run_cpu_evaluation(num_images: int = 1000, k: int = 128, threads: int = 2) -
     torch.manual_seed(0)
     model = build_model("albef_pretrain", list(DEMO_MODEL_OVERRIDES)).eval()
     dataset = CaptionedImages(num_images, image_size=64)
-    evaluator = RetrievalEvaluator(k_test=k, num_workers=0)
+    evaluator = RetrievalEvaluator(k_test=k)
     start = time.perf_counter()
-    evaluator.evaluate(model, dataset, "cpu")
+    evaluator.evaluate(model, dataset, EvalContext(device="cpu", num_workers=0))
     wall = time.perf_counter() - start
     pairs = k * (len(dataset) + len(dataset.texts))
     return {"images": len(dataset), "captions": len(dataset.texts), "k": k, "threads": threads,
