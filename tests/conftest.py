@@ -72,8 +72,15 @@ class DemoPretrain:
     model: Dict[str, Any] = field(default_factory=lambda: dict(DEMO_MODEL))
 
     def model_dotlist(self, model: str) -> List[str]:
-        """``model_config.<model>.<key>=<value>`` overrides giving a task model these sizes."""
-        return [f"model_config.{model}.{key}={value}" for key, value in self.model.items()]
+        """``model_config.<model>.<key>=<value>`` overrides giving a task model these sizes
+        (only the keys its config has: e.g. VE and NLVR2 have no ITC ``embed_dim``)."""
+        from omegaconf import OmegaConf
+
+        from albef_plugin.models import model_config
+
+        defaults = model_config(model)
+        return [f"model_config.{model}.{key}={value}" for key, value in self.model.items()
+                if OmegaConf.select(defaults, key, default=None) is not None]
 
     def synthetic_dotlist(self, builder: str) -> List[str]:
         """``env.data_dir`` and ``dataset_config.<builder>.synthetic.*`` overrides selecting

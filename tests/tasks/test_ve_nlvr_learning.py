@@ -24,6 +24,7 @@ TASKS = {
     "nlvr2": ("nlvr2.yaml", "albef_nlvr", "demo_nlvr2", "nlvr2", lambda label: int(label == "True"), 70.0),
 }
 MARGIN = 20.0  # points above the better image-blind baseline
+UPDATES = 300  # of the demo configs' 1,000: the CI budget of the whole suite
 
 
 def _rows(world: Path, stem: str, split: str, parse):
@@ -41,6 +42,7 @@ def test_demo_learns_well_above_the_image_blind_baselines(demo_pretrain, tmp_pat
     run([f"config={DEMO / config}", f"env.save_dir={save_dir}",
          *demo_pretrain.synthetic_dotlist(builder), *demo_pretrain.model_dotlist(model),
          f"model_config.{model}.checkpoint={demo_pretrain.checkpoint}",
+         f"training.max_updates={UPDATES}", f"training.evaluation_interval={UPDATES}",
          "training.progress_bar=false", "training.tensorboard=false", "training.plot=false"])
     records = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
     final = [r for r in records if r.get("kind") == "eval" and r.get("split") == "test"][-1]
