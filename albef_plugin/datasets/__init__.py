@@ -8,6 +8,8 @@ Registered builders (``registry.get_builder_class(name)``):
 - ``demo_retrieval`` / ``synthetic_retrieval``
 - ``albef_pretrain_shards`` / ``webdataset_pretrain``: pre-training from webdataset tar shards
 - ``demo_pretrain_shards`` / ``synthetic_pretrain_shards``: the synthetic world as shards
+- ``albef_vqa_json``: official VQA files (train / optional val / test, answer_list.json)
+- ``demo_vqa`` / ``synthetic_vqa``: VQA on the synthetic world
 
 Batch contract: see :mod:`albef_plugin.datasets.collate`.
 """
@@ -23,6 +25,7 @@ from albef_plugin.datasets.retrieval import RetrievalEvalDataset, RetrievalTrain
 from albef_plugin.datasets.shard_builders import DemoPretrainShardsBuilder, ShardsPretrainBuilder
 from albef_plugin.datasets.streams import SampleStream
 from albef_plugin.datasets.synthetic import DemoPretrainBuilder, DemoRetrievalBuilder
+from albef_plugin.datasets.vqa_builders import DemoVQABuilder, VQAJsonBuilder
 
 __all__ = [
     "BaseDatasetBuilder", "ProcessorSpec", "ProcessorsConfig", "SplitFilesConfig", "JsonDatasetConfig",
@@ -30,5 +33,5 @@ __all__ = [
     "DemoRetrievalBuilder", "PretrainDataset", "RetrievalTrainDataset", "RetrievalEvalDataset",
     "ImageTextCollate", "EvalImageCollate", "AnnotationError", "load_annotations",
     "UnreadableImageError", "read_rgb", "ShardsPretrainBuilder", "DemoPretrainShardsBuilder",
-    "SampleStream",
+    "SampleStream", "VQAJsonBuilder", "DemoVQABuilder",
 ]
