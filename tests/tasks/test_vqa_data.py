@@ -201,3 +201,20 @@ def test_answerer_answers_a_raw_image_and_question(vqa_root):
     assert again[0][0] == top[0][0]
     with pytest.raises(ValueError, match="answer strings"):
         VQAAnswerer(model, [])
+
+
+def test_demo_builder_writes_the_world_and_its_vqa_files(tmp_path):
+    from albef_plugin.datasets.vqa_builders import DemoVQABuilder
+
+    world = {"num_train": 6, "num_val": 2, "num_test": 3, "image_size": 64}
+    data = DemoVQABuilder(DemoVQABuilder.make_config(
+        {"data_dir": str(tmp_path), "image_size": 32, "synthetic": world}))
+    assert data.splits() == {"train": "train", "val": "val", "test": "test"}
+    data.prepare()
+    tasks = data.world_dir() / "tasks"
+    assert (tasks / "vqa_train.json").is_file() and (tasks / "answer_list.json").is_file()
+    train, test = data.build("train"), data.build("test")
+    assert len(train) > 6 and all(w == [1.0] for w in train.weights)  # 10 agreeing annotations
+    assert test.has_answers and {"yes", "no"} <= set(test.answer_list)
+    batch = data.collate_fn("test")([test[0], test[1]])
+    assert batch["image"].shape == (2, 3, 32, 32) and batch["index"].tolist() == [0, 1]
