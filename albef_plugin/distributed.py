@@ -33,6 +33,13 @@ def get_local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
 
 
+def rank_from_env() -> int:
+    """This process's global rank as the launcher set it, before joining the group."""
+    if is_distributed():
+        return get_rank()
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
+
+
 def is_main_process() -> bool:
     return get_rank() == 0
 
@@ -76,6 +83,7 @@ def init_distributed(backend: str = "auto", timeout_minutes: int = 30) -> bool:
     _env_from_slurm()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
+        logger.info("distributed: rank 0 of 1 (a single process, no process group)")
         return False
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"

@@ -37,10 +37,14 @@ def setup_console_logging(level: str = "info", rank: int = 0) -> None:
     numeric = getattr(logging, str(level).upper(), logging.INFO)
     if rank != 0:
         numeric = max(numeric, logging.WARNING)
-    if not any(getattr(h, "_albef_console", False) for h in root.handlers):
+    formatter = logging.Formatter(f"%(asctime)s | %(levelname)s | rank{rank} | %(name)s: %(message)s",
+                                  "%H:%M:%S")
+    consoles = [h for h in root.handlers if getattr(h, "_albef_console", False)]
+    for handler in consoles:  # set up before the rank was known: relabel
+        handler.setFormatter(formatter)
+    if not consoles:
         handler = _CurrentStdoutHandler()
-        handler.setFormatter(logging.Formatter(
-            f"%(asctime)s | %(levelname)s | rank{rank} | %(name)s: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(formatter)
         handler._albef_console = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(numeric)
@@ -81,6 +85,8 @@ def run_job(cfg: DictConfig, *, lock_wait_s: float = 0.0) -> Any:
     trains = parse_run_type(cfg.run_type)[0]
     if trains:  # on every rank, before joining: a refusal leaves no rank waiting for another
         assert_save_dir_usable(save_dir, resume=checkpoint.resume, overwrite=checkpoint.overwrite)
+    # console logging first, so the "rank r of n" line of init_distributed shows
+    setup_console_logging(cfg.env.log_level, distributed.rank_from_env())
     distributed.init_distributed(cfg.distributed.backend, cfg.distributed.timeout_minutes)
     setup_console_logging(cfg.env.log_level, distributed.get_rank())
     lock = SaveDirLock(save_dir, wait_s=lock_wait_s) if distributed.is_main_process() \

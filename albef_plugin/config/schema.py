@@ -98,7 +98,8 @@ class CheckpointConfig:
     resume_best: bool = False          # with resume: prefer best.ckpt over current.ckpt
     resume_pretrained: bool = False    # resume_file holds weights only: load the model, nothing else
     reset: ResetConfig = field(default_factory=ResetConfig)
-    max_to_keep: int = -1              # models/model_<update>.ckpt files kept; -1 keeps all
+    max_to_keep: int = -1              # models/model_<update>.ckpt files kept; -1 keeps all (the
+                                       # newest one verified good is kept too: see divergence.py)
     allow_unsafe_pickle: bool = False  # allow torch.load(weights_only=False) for trusted files
 
 
@@ -118,20 +119,35 @@ class DistributedConfig:
 
 @dataclass
 class LauncherConfig:
+    """Where the job runs. ``submitit`` submits to SLURM (see README, "Run on a cluster").
+
+    Resources left at ``None`` default to what the partition can grant (read with
+    ``sinfo`` at submission); a request no node of the partition can grant fails at
+    submission instead of pending forever.
+    """
     type: str = "local"                # local | submitit
     cluster: Optional[str] = None      # submitit: None (auto: slurm if srun exists) | slurm | local | debug
-    folder: str = "${env.save_dir}/submitit"
+    folder: str = "${env.save_dir}/submitit"  # submitit's job scripts and logs
     nodes: int = 1
+    tasks_per_node: int = 1            # one task (process) per GPU, or N CPU processes
     gpus_per_node: int = 0
-    tasks_per_node: int = 1
-    cpus_per_task: int = 4
+    cpus_per_task: Optional[int] = None  # None: the node's CPUs / tasks_per_node, at most 10
     mem_gb: Optional[int] = None
     timeout_min: int = 60 * 24
-    partition: Optional[str] = None
+    partition: Optional[str] = None    # None: the cluster's default partition
     account: Optional[str] = None
     qos: Optional[str] = None
     constraint: Optional[str] = None
-    max_num_timeout: int = 10          # requeues on preemption/timeout
+    job_name: Optional[str] = None     # None: the name of env.save_dir
+    comment: Optional[str] = None
+    signal_delay_s: Optional[int] = None  # USR2 this long before the time limit; None: min(120, time/4)
+    max_num_timeout: int = 10          # requeues after a time-out before the job gives up
+    setup: List[str] = field(default_factory=list)  # shell lines run before srun (module load ...)
+    srun_args: List[str] = field(default_factory=list)  # extra srun arguments, e.g. [--cpu-bind=none]
+    # any other sbatch option, passed through: {exclude: node1, nodelist: ..., reservation: ...,
+    # exclusive: true, gres: "gpu:a100:8", mail_type: END}
+    slurm_additional_parameters: Dict[str, Any] = field(default_factory=dict)
+    array_parallelism: int = 64        # sweeps: array tasks running at once
     wait: bool = False                 # block until the job ends
 
 

@@ -8,8 +8,11 @@ crash loses nothing already logged. Each record has a ``kind``:
 * ``"eval"``: ``update``, ``epoch``, ``split``, ``<split>/<dataset>/<metric>``...;
 * ``"epoch"``: ``update``, ``epoch`` (the one that ended), ``num_skipped`` in that epoch.
 
-After a resume the file keeps the records of the interrupted run past the checkpoint;
-readers (see ``plots.py``) keep the last record of each ``(kind, update)``.
+A training run that starts at update ``N`` (resumed from a checkpoint of update ``N``, or
+``N = 0``) first drops the records written after that checkpoint by the interrupted run
+(:func:`drop_records_after`), so after any number of requeues, kills or node failures each
+update appears once, in order. An ``"epoch"`` record carries the update count *before* the
+update that drew the epoch's last batch, so one with ``update >= N`` is dropped too.
 """
 from __future__ import annotations
 
@@ -17,11 +20,12 @@ import json
 import logging
 import math
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, List, Mapping, Optional
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MetricsWriter", "attach_file_log", "detach_file_log", "METRICS_FILE", "LOG_FILE"]
+__all__ = ["MetricsWriter", "attach_file_log", "detach_file_log", "drop_records_after",
+           "METRICS_FILE", "LOG_FILE"]
 
 METRICS_FILE = "metrics.jsonl"
 LOG_FILE = "train.log"
@@ -29,19 +33,68 @@ TENSORBOARD_DIR = "tensorboard"
 _NOT_SCALARS = ("kind", "update", "epoch", "split")
 
 
+def _written_after(record: Mapping[str, Any], update: int) -> bool:
+    done = record.get("update")
+    if not isinstance(done, int):
+        return True
+    return done >= update if record.get("kind") == "epoch" else done > update
+
+
+def drop_records_after(path: str, update: int) -> List[str]:
+    """Remove from ``path`` the records written after the checkpoint of ``update``.
+
+    A last line cut short by a kill is removed too. The file is rewritten atomically.
+
+    Returns:
+        the splits whose evaluation at ``update`` is recorded (kept): not to be redone.
+    """
+    if not os.path.isfile(path):
+        return []
+    kept, dropped, evaluated = [], 0, []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if _written_after(record, update):
+                dropped += 1
+                continue
+            kept.append(line if line.endswith("\n") else line + "\n")
+            if record.get("kind") == "eval" and record.get("update") == update:
+                evaluated.append(str(record.get("split")))
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.writelines(kept)
+        os.replace(tmp, path)
+        logger.info("%s: dropped %d record(s) written after update %d by the interrupted run",
+                    path, dropped, update)
+    return evaluated
+
+
 class MetricsWriter:
     """Appends records to ``<save_dir>/metrics.jsonl`` and, optionally, TensorBoard.
 
     Create it on rank 0 only; other ranks use ``MetricsWriter(None)`` which drops records.
+
+    Args:
+        drop_after_update: a training run starting at this update: first remove the records
+            an interrupted run wrote after it (see :func:`drop_records_after`).
     """
 
-    def __init__(self, save_dir: Optional[str], tensorboard: bool = False) -> None:
+    def __init__(self, save_dir: Optional[str], tensorboard: bool = False,
+                 drop_after_update: Optional[int] = None) -> None:
         self.path = os.path.join(save_dir, METRICS_FILE) if save_dir else None
         self._file = None
         self._tensorboard = None
+        self.evaluated_at_start: List[str] = []  # splits already evaluated at the start update
         if save_dir is None:
             return
         os.makedirs(save_dir, exist_ok=True)
+        if drop_after_update is not None:
+            self.evaluated_at_start = drop_records_after(self.path, drop_after_update)
         self._file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             # imported here: tensorboard is only needed when enabled

@@ -20,7 +20,8 @@ import torch
 from tqdm import tqdm
 
 from albef_plugin.datasets.streams import SampleStream
-from albef_plugin.distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
+from albef_plugin.distributed import (all_reduce_sum, broadcast_object, get_rank, get_world_size,
+                                      is_main_process)
 from albef_plugin.metrics.base import EvalContext
 from albef_plugin.metrics.retrieval import format_recall_table
 from albef_plugin.registry import registry
@@ -28,13 +29,14 @@ from albef_plugin.train_state import TrainState
 from albef_plugin.trainers import resume
 from albef_plugin.trainers.build import build_datasets, build_model, parse_run_type, wrap_model
 from albef_plugin.trainers.checkpointer import Checkpointer
-from albef_plugin.trainers.divergence import DivergenceGuard
 from albef_plugin.trainers.data import EpochBatchIterator, batch_size_of, build_train_loader
+from albef_plugin.trainers.divergence import DivergenceGuard
 from albef_plugin.trainers.evaluation import BestMetricTracker, build_metrics, evaluate_split
 from albef_plugin.trainers.meter import NonFiniteLossError, TrainMeter
 from albef_plugin.trainers.metrics_log import MetricsWriter, attach_file_log, detach_file_log
 from albef_plugin.trainers.optim import build_optimizer
 from albef_plugin.trainers.plots import plot_training_curves
+from albef_plugin.trainers.preemption import RunPreempted, StopAgreement
 from albef_plugin.trainers.precision import (build_grad_scaler, get_autocast, resolve_device,
                                              resolve_precision)
 from albef_plugin.trainers.rng import seed_everything
@@ -89,6 +91,8 @@ class Trainer:
         self.run_training, self.eval_roles = parse_run_type(config.run_type)
         self.state = TrainState()
         self.stop_requested = False
+        self.preempted_by: Optional[str] = None  # the signal that stopped training early
+        self.stop_agreement: Optional[StopAgreement] = None
         self._last_logged = self._last_saved = -1
         self._last_eval: Dict[str, int] = {}
         self._grad_norm: Optional[torch.Tensor] = None
@@ -130,7 +134,13 @@ class Trainer:
                                   find_unused_parameters=training.find_unused_parameters,
                                   compile_model=training.compile)
         self.writer = MetricsWriter(self.save_dir if self.is_main else None,
-                                    tensorboard=training.tensorboard)
+                                    tensorboard=training.tensorboard,
+                                    drop_after_update=self.state.update if self.run_training else None)
+        # evaluations recorded at the resumed update are not redone (nor written twice)
+        for split in broadcast_object(self.writer.evaluated_at_start):
+            self._last_eval[split] = self.state.update
+        if self.run_training:
+            self.stop_agreement = StopAgreement()  # on every rank (builds a process group)
         logger.info("device %s, precision %s, %d process(es), run_type %s", self.device,
                     self.precision, get_world_size(), cfg.run_type)
 
@@ -174,6 +184,10 @@ class Trainer:
         try:
             if self.run_training:
                 self.train()
+                if self.preempted_by and self.state.update < self.max_updates:
+                    # current.ckpt is written: the launcher may requeue
+                    raise RunPreempted(self.preempted_by, self.state.update,
+                                       self.checkpointer.current_path)
             if self.eval_roles and not self.metrics:
                 logger.warning("run_type=%s asks for evaluation but evaluation.metrics is empty",
                                self.config.run_type)
@@ -212,6 +226,12 @@ class Trainer:
                 logger.info("early stop at update %d: %s has not improved since update %d",
                             state.update, self.best.key, self.best.update)
                 self.stop_requested = True
+            if self.stop_agreement.after_update():  # USR2/SIGTERM seen by any rank (preemption.py)
+                self.preempted_by = self.stop_agreement.signal_name
+                logger.warning("%s received: stopping after update %d to write a checkpoint",
+                               self.preempted_by, state.update)
+                self.stop_requested = True
+        self.stop_agreement.close()
         self._progress.close()
         if self._last_logged != state.update:
             self.log_training()
@@ -306,7 +326,9 @@ class Trainer:
         if update > 0:  # the updates before the first bad one were fine
             self.guard.clean_through = max(self.guard.clean_through, update - 1)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in losses.items()) or "(seen on another rank)"
-        if "recent_median" in losses:
+        if update < 0:
+            reason = "training diverged on another process (NaN/inf or a loss spike there)."
+        elif "recent_median" in losses:
             reason = (f"training diverged at update {update}: {shown} (the total loss is more than "
                       f"training.divergence.loss_spike_factor="
                       f"{self.config.training.divergence.loss_spike_factor:g} x the recent median).")

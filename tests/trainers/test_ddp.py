@@ -1,13 +1,16 @@
 """Two CPU processes (gloo) train the toy model with DDP; one spawn covers all DDP checks."""
 import os
+import signal
 import socket
 
+import pytest
 import torch
 import torch._dynamo  # noqa: F401  (imported once here, before forking; see the test)
 import torch.multiprocessing as mp
 
 from albef_plugin.distributed import destroy_distributed, init_distributed
 from albef_plugin.trainers.data import ResumableDistributedSampler
+from albef_plugin.trainers.preemption import STOP_SIGNALS, RunPreempted
 
 from .toy_components import build_trainer, load_ckpt, make_config, read_records
 
@@ -46,18 +49,57 @@ def _worker(rank: int, save_dir: str, port: int) -> None:
         torch.save({"params": {n: p.detach() for n, p in trainer.model.named_parameters()},
                     "seen": seen, "update": trainer.state.update,
                     "dropped_forwards": int(dropped.model.num_train_forwards),
-                    "dropped_update": dropped.state.update},
+                    "dropped_update": dropped.state.update,
+                    "preemption": _preempted_then_resumed(rank, save_dir)},
                    os.path.join(save_dir, f"rank{rank}.pt"))
     finally:
         destroy_distributed()
 
 
-def test_two_process_ddp(tmp_path):
+def _preempted_then_resumed(rank: int, root: str) -> dict:
+    """Rank 1 alone gets a real USR2 after update 2; both ranks must stop after update 3."""
+    opts = ["training.max_updates=6", "training.num_workers=1", "training.persistent_workers=true"]
+    reference = build_trainer(make_config(os.path.join(root, "reference"), *opts))
+    reference.run()
+    STOP_SIGNALS.install()
+    cut_dir = os.path.join(root, "preempted")
+    trainer = build_trainer(make_config(cut_dir, *opts))
+    train_step = trainer.train_step
+
+    def step_then_signal(micro_batches):
+        train_step(micro_batches)
+        if rank == 1 and trainer.state.update == 2:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            os.kill(os.getpid(), signal.SIGUSR2)  # twice: harmless
+
+    trainer.train_step = step_then_signal
+    stopped_at = signal_name = None
+    try:
+        trainer.run()
+    except RunPreempted as stop:
+        stopped_at, signal_name = stop.update, stop.signal_name
+    STOP_SIGNALS.uninstall()
+    STOP_SIGNALS.reset()
+    resumed = build_trainer(make_config(cut_dir, *opts, "checkpoint.resume=true"))
+    start = resumed.state.update
+    resumed.run()
+    return {"stopped_at": stopped_at, "signal": signal_name, "resumed_from": start,
+            "params": {n: p.detach() for n, p in resumed.model.named_parameters()},
+            "reference": {n: p.detach() for n, p in reference.model.named_parameters()}}
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("ddp")
     # fork: the children inherit the imported modules (torch, torch._dynamo pulled in by the
     # optimizers), which saves ~10 s of start-up per child on a small machine
     mp.start_processes(_worker, args=(str(tmp_path), _free_port()), nprocs=WORLD_SIZE, join=True,
                        start_method="fork")
-    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
+    return tmp_path, [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
+
+
+def test_two_process_ddp(ddp_results):
+    tmp_path, results = ddp_results
     assert results[0]["update"] == results[1]["update"] == 4
     # the all-dropped batch of rank 0 was skipped by both ranks (no hang, same counts)
     assert [r["dropped_update"] for r in results] == [2, 2]
@@ -80,3 +122,16 @@ def test_two_process_ddp(tmp_path):
     current = load_ckpt(tmp_path / "current.ckpt")
     assert len(current["rng"]) == WORLD_SIZE and current["data"]["world_size"] == WORLD_SIZE
     assert not torch.equal(current["rng"][0]["torch"], current["rng"][1]["torch"])  # seed + rank
+
+
+def test_a_signal_on_one_rank_stops_both_after_the_same_update_and_resume_is_exact(ddp_results):
+    tmp_path, results = ddp_results
+    for rank, result in enumerate(results):
+        preemption = result["preemption"]
+        # sent after update 2, agreed one update late: both ranks stop after update 3
+        assert preemption["stopped_at"] == 3 and preemption["resumed_from"] == 3
+        assert preemption["signal"] == "SIGUSR2"  # agreed: rank 0 knows which signal it was
+        for name, param in preemption["reference"].items():
+            assert torch.equal(preemption["params"][name], param), name
+    assert load_ckpt(tmp_path / "preempted" / "current.ckpt")["train_state"]["update"] == 6
+    assert [r["update"] for r in read_records(tmp_path / "preempted", "train")] == [1, 2, 3, 4, 5, 6]
