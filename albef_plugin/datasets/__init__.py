@@ -10,6 +10,8 @@ Registered builders (``registry.get_builder_class(name)``):
 - ``demo_pretrain_shards`` / ``synthetic_pretrain_shards``: the synthetic world as shards
 - ``albef_ve_json`` / ``albef_nlvr2_json``: SNLI-VE / NLVR2 official JSON (train / val / test)
 - ``demo_ve`` / ``demo_nlvr2``: the same on the synthetic world's task files
+- ``albef_vqa_json``: official VQA files (train / optional val / test, answer_list.json)
+- ``demo_vqa`` / ``synthetic_vqa``: VQA on the synthetic world
 
 Batch contract: see :mod:`albef_plugin.datasets.collate`.
 """
@@ -27,6 +29,7 @@ from albef_plugin.datasets.streams import SampleStream
 from albef_plugin.datasets.synthetic import DemoPretrainBuilder, DemoRetrievalBuilder
 from albef_plugin.datasets.ve_nlvr_builders import (DemoNLVR2Builder, DemoVEBuilder, NLVR2JsonBuilder,
                                                    VEJsonBuilder)
+from albef_plugin.datasets.vqa_builders import DemoVQABuilder, VQAJsonBuilder
 
 __all__ = [
     "BaseDatasetBuilder", "ProcessorSpec", "ProcessorsConfig", "SplitFilesConfig", "JsonDatasetConfig",
@@ -35,4 +38,5 @@ __all__ = [
     "ImageTextCollate", "EvalImageCollate", "AnnotationError", "load_annotations",
     "UnreadableImageError", "read_rgb", "ShardsPretrainBuilder", "DemoPretrainShardsBuilder",
     "SampleStream", "VEJsonBuilder", "NLVR2JsonBuilder", "DemoVEBuilder", "DemoNLVR2Builder",
+    "VQAJsonBuilder", "DemoVQABuilder",
 ]

@@ -1,4 +1,4 @@
-"""Evaluation metrics. Importing this package registers ``retrieval`` and ``accuracy``.
+"""Evaluation metrics. Importing this package registers ``retrieval``, ``accuracy`` and ``vqa``.
 
 The metric contract (``BaseMetric``, ``EvalContext``, ``evaluation.metrics`` entries) is in
 :mod:`albef_plugin.metrics.base`.
@@ -8,6 +8,8 @@ from albef_plugin.metrics.base import (BaseMetric, EvalContext, MetricSpec, Shar
                                        autocast_for, parse_metric_specs, to_device)
 from albef_plugin.metrics.retrieval import RECALL_KS, itm_eval, recall_at_k, retrieval_ranks
 from albef_plugin.metrics.retrieval_eval import EncodedRetrievalSet, RetrievalEvaluator, RetrievalScores
+from albef_plugin.metrics.vqa import VQAMetric
+from albef_plugin.metrics.vqa_accuracy import normalize_answer, vqa_accuracy
 
 __all__ = [
     "RECALL_KS",
@@ -26,4 +28,7 @@ __all__ = [
     "recall_at_k",
     "retrieval_ranks",
     "to_device",
+    "VQAMetric",
+    "normalize_answer",
+    "vqa_accuracy",
 ]

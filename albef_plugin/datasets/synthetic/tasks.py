@@ -68,6 +68,7 @@ def _write(folder: Path, name: str, data: Any) -> Path:
 
 
 # ---------------------------------------------------------------------- VQA
+_VQA_ANNOTATORS = 10  # answers per question in VQA v2
 def _questions(scene: Dict[str, Any]) -> List[Tuple[str, str]]:
     rng = _rng(scene, 0)
     objects = scene["objects"]
@@ -86,9 +87,9 @@ def _questions(scene: Dict[str, Any]) -> List[Tuple[str, str]]:
 def emit_vqa(scenes: Scenes, world: Union[str, Path]) -> List[Path]:
     """``vqa_{train,val,test}.json`` + ``answer_list.json`` (official VQA formats).
 
-    Train entries: ``{question_id, question, answer: [str], image, dataset: "vqa"}``; val /
-    test entries: ``{question_id, question, image, dataset, answer: [str]}`` (the ground
-    truth kept for local scoring).
+    Entries: ``{question_id, question, answer: [10 strs], image, dataset: "vqa"}``, the 10
+    annotations of VQA v2 (all agree: the answers are computed from the scene). The official
+    test file has no ``answer``; here val / test keep it as the ground truth for local scoring.
     """
     folder, written, answers = Path(world) / "tasks", [], set()
     qid = 0
@@ -96,8 +97,9 @@ def emit_vqa(scenes: Scenes, world: Union[str, Path]) -> List[Path]:
         rows = []
         for scene in items:
             for question, answer in _questions(scene):
-                rows.append({"question_id": qid, "question": question, "answer": [answer],
-                             "image": scene["image"], "dataset": "vqa"})
+                rows.append({"question_id": qid, "question": question,
+                             "answer": [answer] * _VQA_ANNOTATORS, "image": scene["image"],
+                             "dataset": "vqa"})
                 answers.add(answer)
                 qid += 1
         written.append(_write(folder, f"vqa_{split}.json", rows))

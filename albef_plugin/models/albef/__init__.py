@@ -4,6 +4,7 @@ from albef_plugin.models.albef.nlvr import ALBEFNLVR, ALBEFNLVRTextAssignment
 from albef_plugin.models.albef.pretrain import ALBEFPretrain
 from albef_plugin.models.albef.retrieval import ALBEFRetrieval
 from albef_plugin.models.albef.ve import ALBEFVisualEntailment
+from albef_plugin.models.albef.vqa import ALBEFVQA
 
 __all__ = ["ALBEFBase", "ALBEFPretrain", "ALBEFRetrieval", "ALBEFVisualEntailment", "ALBEFNLVR",
-           "ALBEFNLVRTextAssignment"]
+           "ALBEFNLVRTextAssignment", "ALBEFVQA"]
