@@ -1,0 +1,137 @@
+"""Builders of weakly-supervised grounding data: ``albef_grounding_json`` (RefCOCO+ in the
+official files) and ``demo_grounding`` (the synthetic world's files, same formats).
+
+Named splits: ``train`` (role train), ``val`` (role val: ``best.ckpt``), ``testA`` and
+``testB`` (role test), the last two read from the one test file and told apart by the REFER
+refs file. Config::
+
+    dataset_config:
+      albef_grounding_json:
+        data_dir: ${env.data_dir}
+        image_root: images/coco
+        image_size: 384
+        annotations: {train: [refcoco+_train.json], val: [refcoco+_val.json], test: [refcoco+_test.json]}
+        refs_file: refcoco+/refs(unc).p
+        instances_file: refcoco+/instances.json
+        dets_file: refcoco+/dets.json
+        cocos_file: refcoco+/cocos.json      # "" = no COCO-box candidates
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Dict, List, Optional
+
+from torch.utils.data import Dataset
+
+from albef_plugin.datasets.builders import JsonDatasetConfig, JsonImageTextBuilder
+from albef_plugin.datasets.collate import ImageTextCollate
+from albef_plugin.datasets.grounding import (GroundingEvalCollate, GroundingEvalDataset,
+                                             GroundingTrainDataset, ReferIndex)
+from albef_plugin.datasets.synthetic.builders import DemoDatasetConfig, _SyntheticWorldMixin
+from albef_plugin.datasets.synthetic.generate import load_scenes
+from albef_plugin.datasets.synthetic.tasks import GROUNDING_FILES, emit_grounding
+from albef_plugin.registry import registry
+
+__all__ = ["GroundingJsonBuilder", "DemoGroundingBuilder", "GROUNDING_SPLITS"]
+
+logger = logging.getLogger(__name__)
+
+GROUNDING_SPLITS = {"train": "train", "val": "val", "testA": "test", "testB": "test"}
+
+
+@dataclass
+class GroundingFilesConfig:
+    refs_file: str = ""        # REFER refs(unc).p
+    instances_file: str = ""   # REFER instances.json
+    dets_file: str = ""        # detector proposals per image
+    cocos_file: str = ""       # COCO boxes per image ("" = none)
+
+
+@dataclass
+class GroundingDatasetConfig(JsonDatasetConfig, GroundingFilesConfig):
+    pass
+
+
+@dataclass
+class DemoGroundingDatasetConfig(DemoDatasetConfig, GroundingFilesConfig):
+    pass
+
+
+@registry.register_builder("albef_grounding_json")
+class GroundingJsonBuilder(JsonImageTextBuilder):
+    """RefCOCO+ grounding in the official files (see the module docstring)."""
+
+    name: ClassVar[str] = "albef_grounding_json"
+    Config = GroundingDatasetConfig
+    split_roles = GROUNDING_SPLITS
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self._refer: Optional[ReferIndex] = None
+
+    def annotation_files(self, split: str) -> List[str]:
+        file_split = "test" if self.split_role(split) == "test" else split
+        return super().annotation_files(file_split)
+
+    def grounding_file(self, key: str, required: bool = True) -> Optional[str]:
+        value = str(self.config[key] or "")
+        if not value:
+            if required:
+                raise ValueError(f"{self.config_key(key)} is not set; point it at the official "
+                                 f"file (relative to data_dir={self.config.data_dir!r}).")
+            return None
+        return self.resolve_path(value)
+
+    def refer(self) -> ReferIndex:
+        if self._refer is None:
+            self._refer = ReferIndex(self.grounding_file("refs_file"),
+                                     self.grounding_file("instances_file"),
+                                     self.grounding_file("dets_file"),
+                                     self.grounding_file("cocos_file", required=False))
+        return self._refer
+
+    def build(self, split: str) -> Dataset:
+        files = self.annotation_files(split)
+        if self.split_role(split) == "train":
+            return GroundingTrainDataset(files, self.image_root(), self.image_processor(split),
+                                         on_unreadable=self.config.on_unreadable)
+        return GroundingEvalDataset(files, self.image_root(), self.image_processor(split),
+                                    self.refer(), split)
+
+    def collate_fn(self, split: str) -> Callable[[List[Any]], Any]:
+        if self.split_role(split) == "train":
+            return ImageTextCollate(self.text_processor)
+        return GroundingEvalCollate(self.text_processor)
+
+
+@registry.register_builder("demo_grounding", aliases=("synthetic_grounding",))
+class DemoGroundingBuilder(_SyntheticWorldMixin, GroundingJsonBuilder):
+    """Grounding on the synthetic world: its ``tasks/grounding_*`` files (official formats;
+    candidates are the world's object boxes; testA / testB = even / odd test images)."""
+
+    name: ClassVar[str] = "demo_grounding"
+    Config = DemoGroundingDatasetConfig
+
+    def _tasks_dir(self) -> Path:
+        world = self._require_world()
+        tasks = world / "tasks"
+        if not all((tasks / name).is_file() for name in GROUNDING_FILES.values()):
+            emit_grounding(load_scenes(world), world)
+        return tasks
+
+    def prepare(self) -> None:
+        super().prepare()
+        self._tasks_dir()
+
+    def annotation_files(self, split: str) -> List[str]:
+        file_split = "test" if self.split_role(split) == "test" else split
+        if list(self.config.annotations[file_split]):
+            return JsonImageTextBuilder.annotation_files(self, file_split)
+        return [str(self._tasks_dir() / GROUNDING_FILES[file_split])]
+
+    def grounding_file(self, key: str, required: bool = True) -> Optional[str]:
+        if self.config[key]:
+            return super().grounding_file(key, required)
+        return str(self._tasks_dir() / GROUNDING_FILES[key[:-len("_file")]])
