@@ -41,10 +41,21 @@ def test_nlvr2_snli_ve_and_grounding_formats(tiny_world, tmp_path):
     ve = json.loads((tmp_path / "tasks" / "ve_val.json").read_text())
     assert {r["label"] for r in ve} == {"entailment", "neutral", "contradiction"}
     assert all(not r["image"].endswith(".jpg") for r in ve)
-    test_refs = json.loads((tmp_path / "tasks" / "grounding_test.json").read_text())
-    dets = json.loads((tmp_path / "tasks" / "grounding_dets.json").read_text())
-    for ref in test_refs:
-        assert ref["bbox"] in dets[ref["image"]]
-        colour, kind = ref["text"].split(" ")[1:]
-        match = [o for o in by_image[ref["image"]]["objects"] if (o["colour"], o["kind"]) == (colour, kind)]
-        assert len(match) == 1 and match[0]["bbox"] == ref["bbox"]
+    # grounding: the official files (REFER refs pickle + instances, dets keyed by image id)
+    from albef_plugin.datasets.grounding import load_plain_pickle
+
+    tasks = tmp_path / "tasks"
+    test_refs = json.loads((tasks / "grounding_test.json").read_text())
+    assert test_refs and all(set(r) == {"image", "text", "ref_id"} for r in test_refs)
+    refs = {r["ref_id"]: r for r in load_plain_pickle(tasks / "grounding_refs(unc).p")}
+    instances = json.loads((tasks / "grounding_instances.json").read_text())
+    boxes = {a["id"]: a["bbox"] for a in instances["annotations"]}
+    dets = json.loads((tasks / "grounding_dets.json").read_text())
+    assert {refs[r["ref_id"]]["split"] for r in test_refs} <= {"testA", "testB"}
+    for row in test_refs:
+        ref = refs[row["ref_id"]]
+        box = boxes[ref["ann_id"]]
+        assert box in dets[str(ref["image_id"])]
+        colour, kind = row["text"].split(" ")[1:]
+        match = [o for o in by_image[row["image"]]["objects"] if (o["colour"], o["kind"]) == (colour, kind)]
+        assert len(match) == 1 and match[0]["bbox"] == box

@@ -198,10 +198,9 @@ def emit_grounding(scenes: Scenes, world: Union[str, Path]) -> List[Path]:
     annotations: List[Dict[str, Any]] = []
     boxes: Dict[str, List[List[float]]] = {}
     categories = {kind: i + 1 for i, kind in enumerate(SHAPES)}
-    side = 0  # every image of a world has the same side: read it from the first one
     for image_id, scene in enumerate(scenes):
-        side = side or _image_side(world, scene)
-        images.append({"id": image_id, "file_name": scene["image"], "height": side, "width": side})
+        images.append({"id": image_id, "file_name": scene["image"], "height": int(scene["height"]),
+                       "width": int(scene["width"])})
         boxes[str(image_id)] = [[float(v) for v in o["bbox"]] for o in scene["objects"]]
         counts = _pairs(scene)
         split = _grounding_split(scene)
@@ -235,13 +234,6 @@ def emit_grounding(scenes: Scenes, world: Union[str, Path]) -> List[Path]:
         pickle.dump(refs, handle, protocol=2)
     written.append(refs_path)
     return written
-
-
-def _image_side(world: Union[str, Path], scene: Dict[str, Any]) -> int:
-    from PIL import Image
-
-    with Image.open(Path(world) / scene["image"]) as image:
-        return int(image.width)
 
 
 def emit_all(scenes: Scenes, world: Union[str, Path]) -> List[Path]:
