@@ -71,9 +71,18 @@ class GroundingJsonBuilder(JsonImageTextBuilder):
         super().__init__(config)
         self._refer: Optional[ReferIndex] = None
 
+    def file_split(self, split: str) -> str:
+        """The ``annotations`` key of a split: ``test`` for testA and testB (one file)."""
+        return "test" if self.split_role(split) == "test" else split
+
     def annotation_files(self, split: str) -> List[str]:
-        file_split = "test" if self.split_role(split) == "test" else split
-        return super().annotation_files(file_split)
+        key = self.file_split(split)
+        files = list(self.config.annotations[key])
+        if not files:
+            raise ValueError(f"{self.config_key(f'annotations.{key}')} lists no annotation files; "
+                             f"set it to the official refcoco+_{key}.json (relative to data_dir="
+                             f"{self.config.data_dir!r}) to use the {split!r} split.")
+        return [self.resolve_path(f) for f in files]
 
     def grounding_file(self, key: str, required: bool = True) -> Optional[str]:
         value = str(self.config[key] or "")
@@ -126,10 +135,10 @@ class DemoGroundingBuilder(_SyntheticWorldMixin, GroundingJsonBuilder):
         self._tasks_dir()
 
     def annotation_files(self, split: str) -> List[str]:
-        file_split = "test" if self.split_role(split) == "test" else split
-        if list(self.config.annotations[file_split]):
-            return JsonImageTextBuilder.annotation_files(self, file_split)
-        return [str(self._tasks_dir() / GROUNDING_FILES[file_split])]
+        key = self.file_split(split)
+        if list(self.config.annotations[key]):
+            return GroundingJsonBuilder.annotation_files(self, split)
+        return [str(self._tasks_dir() / GROUNDING_FILES[key])]
 
     def grounding_file(self, key: str, required: bool = True) -> Optional[str]:
         if self.config[key]:
