@@ -34,6 +34,7 @@ def test_paper_config_resolves_to_the_official_values(monkeypatch):
     assert dict(cfg.scheduler.params) == {"epochs": 5, "min_lr": 1e-6, "warmup_lr": 1e-5,
                                           "warmup_units": 1, "iterations_per_unit": 100}
     assert cfg.training.early_stop.criteria == "val/accuracy"
+    assert list(data.processors.train_image.params.scale) == [1.0, 1.0]  # official: no crop
     assert data.refs_file == "refcoco+/refs(unc).p" and data.dets_file == "refcoco+/dets.json"
 
 
