@@ -228,18 +228,39 @@ class Predictor:
         fusion, layers = bert.config.fusion_layer, bert.config.num_hidden_layers
         return min(fusion + 2, layers - 1)  # the third fusion layer (official block 8), or the last
 
-    def gradcam(self, image: PathLike, text: str, out_dir: PathLike,
-                layer: Optional[int] = None) -> List[Path]:
-        """ITM Grad-CAM overlays: ``sentence.png`` and one ``NN_<word>.png`` per token."""
-        from albef_plugin.inference.gradcam import itm_gradcam
+    def itc_block(self) -> int:
+        block = getattr(self.model, "itc_block", None)
+        if block is not None:
+            return int(block)
+        return min(8, len(self.model.visual_encoder.blocks) - 1)  # official --block_num 8
 
+    def gradcam(self, image: PathLike, text: str, out_dir: PathLike,
+                layer: Optional[int] = None, mode: str = "itm") -> List[Path]:
+        """Grad-CAM overlays: ``sentence.png``, plus one ``NN_<word>.png`` per token in ITM mode.
+
+        ``mode`` ``itm``: a fusion layer's cross-attention (``layer``: text layer index);
+        ``itc``: a ViT block's self-attention (``layer``: block index), sentence map only."""
+        from albef_plugin.inference.gradcam import itc_gradcam, itm_gradcam
+
+        if mode not in ("itm", "itc"):
+            raise PredictError(f"--gradcam-mode {mode!r}: choose itm or itc.")
         pil = self.load_image(image)
         tokens = self._texts([text])
-        cam = itm_gradcam(self.model, self._images([image]), tokens["input_ids"],
-                          tokens["attention_mask"], self.gradcam_layer() if layer is None else layer)
+        pixels = self._images([image])
+        if mode == "itm":
+            cam = itm_gradcam(self.model, pixels, tokens["input_ids"], tokens["attention_mask"],
+                              self.gradcam_layer() if layer is None else layer)
+        else:
+            blocks = len(self.model.visual_encoder.blocks)
+            block = self.itc_block() if layer is None else layer
+            if not 0 <= block < blocks:
+                raise PredictError(f"--layer {block}: the image encoder has blocks 0..{blocks - 1}.")
+            cam = itc_gradcam(self.model, pixels, tokens["input_ids"], tokens["attention_mask"], block)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         written = [_write_overlay(pil, cam.sentence[0], out_dir / "sentence.png")]
+        if cam.tokens is None:
+            return written
         words = self.text_processor.convert_ids_to_tokens(tokens["input_ids"][0].tolist())
         for position, word in enumerate(words):
             if word in ("[CLS]", "[PAD]", "[SEP]"):
@@ -283,8 +304,11 @@ def _parser() -> "argparse.ArgumentParser":
     parser.add_argument("--top-k", type=int, default=5, help="retrieve: results to print")
     parser.add_argument("--rerank", type=int, default=0, help="retrieve: re-rank the top K by ITM")
     parser.add_argument("--out", default=None, help="gradcam: output folder of the PNGs")
+    parser.add_argument("--gradcam-mode", default="itm", choices=["itm", "itc"],
+                        help="gradcam: itm (fusion cross-attention, per-word maps) or itc (ViT block)")
     parser.add_argument("--layer", type=int, default=None,
-                        help="gradcam: text/fusion layer (default: the model's, else fusion_layer + 2)")
+                        help="gradcam: text/fusion layer in itm mode (default: the model's, else "
+                             "fusion_layer + 2), ViT block in itc mode")
     return parser
 
 
@@ -306,7 +330,8 @@ def run_task(args: Any) -> Any:
         image = need(args.image, "--image FILE")
         if len(image) != 1 or len(need(args.text, "--text TEXT")) != 1:
             raise PredictError("--task gradcam takes one --image and one --text.")
-        paths = predictor.gradcam(image[0], args.text[0], need(args.out, "--out FOLDER"), args.layer)
+        paths = predictor.gradcam(image[0], args.text[0], need(args.out, "--out FOLDER"), args.layer,
+                                  args.gradcam_mode)
         return {"written": [str(p) for p in paths]}
     index = need(args.index, "--index FOLDER")
     result: Dict[str, Any] = {}

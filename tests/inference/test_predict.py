@@ -93,6 +93,8 @@ def test_gradcam_writes_a_png_per_word_and_one_for_the_sentence(predictor, files
     with Image.open(tmp_path / "cam" / "sentence.png") as png:
         assert png.size == (56, 40)  # the original image's size
     assert predictor.gradcam_layer() == 3  # fusion_layer + 2 does not exist at 4 layers: the last
+    itc = predictor.gradcam(files["root"] / "photos" / "a.jpg", "the red square", tmp_path / "itc", mode="itc")
+    assert [p.name for p in itc] == ["sentence.png"] and predictor.itc_block() == 1
 
 
 def test_command_line_prints_json_and_names_bad_input(files, tmp_path, capsys):
