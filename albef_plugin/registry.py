@@ -47,6 +47,22 @@ class UnknownNameError(UserError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+_builtins = {"imported": False}
+
+
+def _import_builtins_once() -> bool:
+    """Import albef_plugin's own components (their modules register them) on the first
+    lookup, so ``registry.get_model_class("albef_pretrain")`` works in a fresh interpreter
+    without knowing which module to import. Returns whether it imported now."""
+    if _builtins["imported"]:
+        return False
+    _builtins["imported"] = True  # first: the imported modules may look names up themselves
+    from albef_plugin.plugins import import_builtin_components
+
+    import_builtin_components()
+    return True
+
+
 def closest_names(name: str, candidates: Iterable[str], n: int = 3) -> List[str]:
     """The candidates most similar to ``name``, best first (may be empty)."""
     return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
@@ -126,10 +142,13 @@ class Registry(_FvcoreRegistry):
     # ----------------------------------------------------------------- lookup
     def canonical_name(self, name: str) -> str:
         """The registered name behind ``name`` (itself or the name it aliases)."""
-        if name in self._obj_map:
-            return name
-        if name in self._aliases:
-            return self._aliases[name]
+        for attempt in range(2):
+            if name in self._obj_map:
+                return name
+            if name in self._aliases:
+                return self._aliases[name]
+            if attempt == 0 and not _import_builtins_once():
+                break  # nothing new was imported: no point in looking again
         raise self._unknown(name)
 
     def get(self, name: str) -> Any:  # type: ignore[override]
@@ -142,15 +161,18 @@ class Registry(_FvcoreRegistry):
         listing = ", ".join(sorted(known)) or "(none registered)"
         return UnknownNameError(
             f"No {self.kind} named {name!r}.{hint} Known {self.kind} names: {listing}. "
-            f"A component from another package must be imported first: set env.user_dir "
-            f"or install it with an 'albef_plugin.plugins' entry point."
+            f"(Your own components are found through env.user_dir=<module or .py file>, or an "
+            f"installed package's 'albef_plugin.plugins' entry point.)"
         )
 
     def names(self, include_aliases: bool = False) -> List[str]:
+        _import_builtins_once()
         names = list(self._obj_map)
         return names + list(self._aliases) if include_aliases else names
 
     def __contains__(self, name: object) -> bool:
+        if name not in self._obj_map and name not in self._aliases:
+            _import_builtins_once()
         return name in self._obj_map or name in self._aliases
 
     def __iter__(self) -> Iterator[Tuple[str, Any]]:

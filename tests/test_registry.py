@@ -87,3 +87,21 @@ def test_no_registry_for_components_nothing_selects():
     for kind in ("encoder", "loss", "callback"):
         with pytest.raises(AttributeError, match="kinds are"):
             getattr(registry, f"register_{kind}")
+
+
+def test_built_in_components_are_found_in_a_fresh_interpreter():
+    """No import of albef_plugin.models first: the first lookup imports the built-ins."""
+    import subprocess
+    import sys
+
+    code = ("from albef_plugin.registry import registry, UnknownNameError\n"
+            "print(registry.get_model_class('albef_pretrain').__name__)\n"
+            "try:\n    registry.get_model_class('albef_pretrian')\n"
+            "except UnknownNameError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    found, message = done.stdout.strip().splitlines()[-2:]
+    assert found == "ALBEFPretrain"
+    assert "Did you mean 'albef_pretrain'" in message and "(none registered)" not in message
+    assert "must be imported first" not in message and "another package" not in message

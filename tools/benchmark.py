@@ -24,22 +24,22 @@ median step time.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-import resource
 import statistics
 import sys
-import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
 # Allow running from a source checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from albef_plugin.train_state import TrainState  # noqa: E402
+from albef_plugin.benchmarks.train_step import (AUTOCAST_DTYPES, build_optimizer,  # noqa: E402
+                                                count_flops, machine_load, make_train_step,
+                                                peak_memory, synthetic_batch, text_vocabulary,
+                                                time_steps)
 
 logger = logging.getLogger("albef_plugin.tools.benchmark")
 
@@ -48,8 +48,6 @@ PAPER_SIZE = {"model": "albef_pretrain", "batch_size": 64, "image_size": 256, "t
 # forward with the three losses, backward, AdamW). TFLOP per step counted the same way.
 REFERENCE_IMG_PER_S = {"fp32": 115.8, "bf16": 253.0}
 REFERENCE_TFLOP_PER_STEP = 19.18
-
-_AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -60,25 +58,58 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=PAPER_SIZE["image_size"])
     parser.add_argument("--text-len", type=int, default=PAPER_SIZE["text_len"],
                         help="tokens per caption, [CLS] included")
-    parser.add_argument("--precision", choices=sorted(_AUTOCAST_DTYPES), default="fp32",
+    parser.add_argument("--precision", choices=sorted(AUTOCAST_DTYPES), default="fp32",
                         help="fp32, or autocast to bf16 / fp16 (fp16 adds a GradScaler)")
     parser.add_argument("--device", choices=("cpu", "cuda"),
                         default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps (default 20; 10 with --preset)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed steps first (default 5; 3 with --preset)")
     parser.add_argument("--model-overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="model config overrides, e.g. image_encoder.width=128")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--fused-adamw", action="store_true",
                         help="fused AdamW kernel (CUDA); the official code used the default")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the encoders in place, as training.compile=true")
     parser.add_argument("--tf32", action="store_true",
                         help="allow TF32 matmuls in fp32 (off in the official reference)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU intra-op threads (torch.set_num_threads); default: torch's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="also print the result as one JSON line")
+    modes = parser.add_argument_group("other measurements (each replaces the single-step timing)")
+    modes.add_argument("--preset", choices=("official-cpu",), default=None,
+                       help="official-cpu: batch 8 and 32 at the sizes the official step was "
+                            "timed at on a 2-core CPU, beside its figures")
+    modes.add_argument("--rounds", type=int, default=5,
+                       help="--preset: alternating rounds; the table gives their median")
+    modes.add_argument("--profile", action="store_true",
+                       help="with --preset official-cpu: torch.profiler breakdown of the step "
+                            "(attention, vocabulary projection, queue, momentum, optimizer, "
+                            "Python overhead) at each batch size")
+    modes.add_argument("--trace-dir", default=None,
+                       help="--profile: also write Chrome traces here")
+    modes.add_argument("--data", action="store_true",
+                       help="image pipeline img/s per core from 512-px JPEGs (both backends)")
+    modes.add_argument("--data-workers", type=int, default=2,
+                       help="--data: DataLoader workers for the end-to-end figure (0: skip)")
+    modes.add_argument("--eval", action="store_true",
+                       help="retrieval evaluator at 1,000 x 5,000 with the demo model on the "
+                            "CPU, plus FLOPs and extrapolated GPU time at paper size")
+    modes.add_argument("--eval-images", type=int, default=1000, help="--eval: images (x5 captions)")
+    modes.add_argument("--eval-k", type=int, default=128, help="--eval: candidates re-ranked")
+    modes.add_argument("--memory", action="store_true",
+                       help="RSS over --memory-updates updates of the tiny model")
+    modes.add_argument("--memory-updates", type=int, default=2000)
     args = parser.parse_args(argv)
-    for name in ("batch_size", "image_size", "text_len", "steps"):
+    preset = args.preset is not None
+    if args.steps is None:
+        args.steps = 10 if preset else 20
+    if args.warmup is None:
+        args.warmup = 3 if preset else 5
+    for name in ("batch_size", "image_size", "text_len", "steps", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
@@ -99,114 +130,6 @@ def model_overrides(args: argparse.Namespace) -> List[str]:
     return [f"image_encoder.image_size={args.image_size}", *args.model_overrides]
 
 
-def synthetic_batch(batch_size: int, image_size: int, text_len: int, vocab_size: int,
-                    cls_token_id: int, device: torch.device) -> Dict[str, torch.Tensor]:
-    """A pretraining batch of random images and full-length random captions.
-
-    Returns ``image`` (B, 3, H, W), ``input_ids`` (B, L) starting with [CLS],
-    ``attention_mask`` (B, L) of ones, ``image_id`` (B,) all distinct.
-    """
-    # ordinary word ids: above BERT's special and unused tokens when the vocabulary allows
-    low = 1000 if vocab_size > 2000 else min(5, vocab_size - 1)
-    input_ids = torch.randint(low, vocab_size, (batch_size, text_len), device=device)
-    input_ids[:, 0] = cls_token_id
-    return {
-        "image": torch.randn(batch_size, 3, image_size, image_size, device=device),
-        "input_ids": input_ids,
-        "attention_mask": torch.ones(batch_size, text_len, dtype=torch.long, device=device),
-        "image_id": torch.arange(batch_size, device=device),
-    }
-
-
-def _text_vocabulary(model: torch.nn.Module) -> Dict[str, int]:
-    """Vocabulary size and [CLS] id from ``model.config.text_encoder`` (BERT's when absent)."""
-    text_config = getattr(getattr(model, "config", None), "text_encoder", None)
-    return {"vocab_size": int(getattr(text_config, "vocab_size", 30522)),
-            "cls_token_id": int(getattr(text_config, "cls_token_id", 101))}
-
-
-def build_optimizer(model: torch.nn.Module, lr: float, fused: bool) -> torch.optim.Optimizer:
-    """AdamW with the official grouping: no weight decay on 1-D tensors and biases."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim == 1 or name.endswith(".bias") else decay).append(param)
-    groups = [{"params": decay, "weight_decay": 0.02}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, fused=fused or None)
-
-
-def make_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, precision: str,
-                    device: torch.device) -> Callable[[Dict[str, torch.Tensor]], torch.Tensor]:
-    """One training step, as the trainer runs it: forward, sum of losses, backward, update."""
-    dtype = _AUTOCAST_DTYPES[precision]
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    # alpha at full strength (after the first-epoch ramp): the compute is the same anyway
-    state = TrainState(epoch=1, update=1000, iteration_in_epoch=0, iterations_per_epoch=1000)
-    if hasattr(model, "alpha_for"):
-        state.alpha = model.alpha_for(state)
-
-    def step(batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        autocast = (torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None
-                    else contextlib.nullcontext())
-        with autocast:
-            output = model(batch, state)
-            loss = sum(output["losses"].values())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        return loss.detach()
-
-    return step
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_steps(step: Callable[[Dict[str, torch.Tensor]], torch.Tensor],
-               batch: Dict[str, torch.Tensor], steps: int, warmup: int,
-               device: torch.device) -> List[float]:
-    """Seconds of each of ``steps`` timed steps, after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        loss = step(batch)
-    _synchronize(device)
-    if warmup and not torch.isfinite(loss):
-        raise RuntimeError(f"the loss is {loss.item()} after {warmup} warm-up steps; "
-                           f"the benchmark configuration is numerically broken")
-    durations = []
-    for _ in range(steps):
-        _synchronize(device)
-        start = time.perf_counter()
-        step(batch)
-        _synchronize(device)
-        durations.append(time.perf_counter() - start)
-    return durations
-
-
-def count_flops(step: Callable[[Dict[str, torch.Tensor]], torch.Tensor],
-                batch: Dict[str, torch.Tensor]) -> int:
-    """FLOPs of one full step (forward and backward) as FlopCounterMode counts them."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step(batch)
-    return int(counter.get_total_flops())
-
-
-def peak_memory(device: torch.device) -> Dict[str, Any]:
-    """Peak allocated CUDA memory, or the process's peak RSS on CPU (whole process lifetime)."""
-    if device.type == "cuda":
-        return {"peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30,
-                "peak_memory_kind": "cuda max_memory_allocated"}
-    # ru_maxrss is in KiB on Linux, bytes on macOS
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    scale = 1 if sys.platform == "darwin" else 1024
-    return {"peak_memory_gib": rss * scale / 2**30, "peak_memory_kind": "process peak RSS"}
-
-
 def is_paper_size(args: argparse.Namespace) -> bool:
     return (not args.model_overrides
             and all(getattr(args, key) == value for key, value in PAPER_SIZE.items()))
@@ -224,7 +147,7 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
         torch.backends.cuda.matmul.allow_tf32 = True
     model = build_model(args.model, model_overrides(args)).to(device).train()
     num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    vocab = _text_vocabulary(model)
+    vocab = text_vocabulary(model)
     batch = synthetic_batch(args.batch_size, args.image_size, args.text_len, device=device, **vocab)
     optimizer = build_optimizer(model, args.lr, args.fused_adamw)
     step = make_train_step(model, optimizer, args.precision, device)
@@ -234,15 +157,27 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    flops = None
+    if args.compile:
+        # counted eagerly (the same ops): FlopCounterMode does not see inside compiled kernels
+        flops = count_flops(step, batch)
+        # what training.compile does (trainers/build.py: wrap_model); compiles in warm-up
+        if not hasattr(model, "compile_encoders"):
+            raise SystemExit(f"--compile: model {args.model} has no compile_encoders()")
+        model.compile_encoders()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
     durations = time_steps(step, batch, args.steps, args.warmup, device)
     memory = peak_memory(device)
-    flops = count_flops(step, batch)
+    if flops is None:
+        flops = count_flops(step, batch)
 
     step_s = statistics.median(durations)
     result: Dict[str, Any] = {
         "model": args.model,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": args.precision,
+        "compile": args.compile,
         "batch_size": args.batch_size,
         "image_size": args.image_size,
         "text_len": args.text_len,
@@ -258,6 +193,7 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
         "tflop_per_step": flops / 1e12,
         "tflop_per_s": flops / step_s / 1e12,
         **memory,
+        **machine_load(),
     }
     if is_paper_size(args):
         result["reference_img_per_s"] = REFERENCE_IMG_PER_S.get(args.precision)
@@ -295,9 +231,39 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    result = run_benchmark(args)
+    if args.data:
+        from albef_plugin.benchmarks.data_loading import format_data_benchmark, run_data_benchmark
+
+        result = run_data_benchmark(workers=args.data_workers)
+        report = format_data_benchmark(result)
+    elif args.eval:
+        from albef_plugin.benchmarks.evaluation import format_eval_benchmark, run_eval_benchmark
+
+        result = run_eval_benchmark(args.eval_images, args.eval_k, threads=args.threads or 2)
+        report = format_eval_benchmark(result)
+    elif args.memory:
+        from albef_plugin.benchmarks.memory import format_memory_benchmark, run_memory_benchmark
+
+        result = run_memory_benchmark(args.memory_updates)
+        report = format_memory_benchmark(result)
+    elif args.profile:
+        if args.preset != "official-cpu":
+            raise SystemExit("--profile needs --preset official-cpu (the sizes it breaks down)")
+        from albef_plugin.benchmarks.official_cpu import profile_official_cpu
+
+        result, report = profile_official_cpu(threads=args.threads or 2, overrides=args.model_overrides,
+                                              trace_dir=args.trace_dir)
+    elif args.preset == "official-cpu":
+        from albef_plugin.benchmarks.official_cpu import format_official_cpu, run_official_cpu
+
+        result = run_official_cpu(rounds=args.rounds, steps=args.steps, warmup=args.warmup,
+                                  threads=args.threads or 2, overrides=args.model_overrides)
+        report = format_official_cpu(result)
+    else:
+        result = run_benchmark(args)
+        report = format_report(result)
     # the report is this tool's output (stdout), not a log message
-    sys.stdout.write(format_report(result) + "\n")
+    sys.stdout.write(report + "\n")
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()

@@ -98,7 +98,8 @@ class CheckpointConfig:
     resume_best: bool = False          # with resume: prefer best.ckpt over current.ckpt
     resume_pretrained: bool = False    # resume_file holds weights only: load the model, nothing else
     reset: ResetConfig = field(default_factory=ResetConfig)
-    max_to_keep: int = -1              # models/model_<update>.ckpt files kept; -1 keeps all
+    max_to_keep: int = -1              # models/model_<update>.ckpt files kept; -1 keeps all (the
+                                       # newest one verified good is kept too: see divergence.py)
     allow_unsafe_pickle: bool = False  # allow torch.load(weights_only=False) for trusted files
 
 

@@ -10,6 +10,8 @@ Registered builders (``registry.get_builder_class(name)``):
   ``demo_grounding`` / ``synthetic_grounding``: the same files of the synthetic world
 - ``albef_pretrain_shards`` / ``webdataset_pretrain``: pre-training from webdataset tar shards
 - ``demo_pretrain_shards`` / ``synthetic_pretrain_shards``: the synthetic world as shards
+- ``albef_ve_json`` / ``albef_nlvr2_json``: SNLI-VE / NLVR2 official JSON (train / val / test)
+- ``demo_ve`` / ``demo_nlvr2``: the same on the synthetic world's task files
 
 Batch contract: see :mod:`albef_plugin.datasets.collate`.
 """
@@ -26,6 +28,8 @@ from albef_plugin.datasets.shard_builders import DemoPretrainShardsBuilder, Shar
 from albef_plugin.datasets.streams import SampleStream
 from albef_plugin.datasets.synthetic import DemoPretrainBuilder, DemoRetrievalBuilder
 from albef_plugin.datasets.grounding_builders import DemoGroundingBuilder, GroundingJsonBuilder
+from albef_plugin.datasets.ve_nlvr_builders import (DemoNLVR2Builder, DemoVEBuilder, NLVR2JsonBuilder,
+                                                   VEJsonBuilder)
 
 __all__ = [
     "DemoGroundingBuilder",
@@ -35,5 +39,5 @@ __all__ = [
     "DemoRetrievalBuilder", "PretrainDataset", "RetrievalTrainDataset", "RetrievalEvalDataset",
     "ImageTextCollate", "EvalImageCollate", "AnnotationError", "load_annotations",
     "UnreadableImageError", "read_rgb", "ShardsPretrainBuilder", "DemoPretrainShardsBuilder",
-    "SampleStream",
+    "SampleStream", "VEJsonBuilder", "NLVR2JsonBuilder", "DemoVEBuilder", "DemoNLVR2Builder",
 ]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple, Union
 
 from albef_plugin.errors import UserError
+from albef_plugin.processors.text import pre_caption
 
 __all__ = ["AnnotationError", "load_annotations", "resolve_image_path",
            "PRETRAIN_FIELDS", "RE_TRAIN_FIELDS", "RE_EVAL_FIELDS"]
@@ -48,7 +49,7 @@ RE_EVAL_FIELDS: FieldSpec = {
 
 def _matches(value: Any, kind: str) -> bool:
     if kind == "str":
-        return isinstance(value, str) and bool(value)
+        return isinstance(value, str)
     if kind == "str_list":
         return (isinstance(value, list) and len(value) > 0
                 and all(isinstance(v, str) for v in value))
@@ -70,6 +71,23 @@ def _check_entry(entry: Any, index: int, path: Path, fields: FieldSpec) -> None:
             shown = shown if len(shown) <= 80 else shown[:77] + "..."
             raise AnnotationError(f"{path}: entry {index} field {name!r} is {shown}; expected "
                                   f"{description}.")
+        _check_not_empty(entry[name], name, index, path)
+
+
+def _check_not_empty(value: Any, name: str, index: int, path: Path) -> None:
+    """One rule for empty text: a caption that ``pre_caption`` cleans down to nothing ("",
+    spaces, only punctuation) is an error, like any other empty string field."""
+    texts = value if isinstance(value, list) else [value]
+    for position, text in enumerate(texts):
+        if not isinstance(text, str):
+            continue
+        cleaned = pre_caption(text) if name == "caption" else text.strip()
+        if not cleaned:
+            where = f" caption {position}" if isinstance(value, list) else ""
+            rule = " after cleaning (pre_caption removes punctuation and spaces)" \
+                if name == "caption" else ""
+            raise AnnotationError(f"{path}: entry {index} field {name!r}{where} is {text!r}, "
+                                  f"empty{rule}. Fix or remove the entry.")
 
 
 def load_annotations(files: Sequence[PathLike], fields: FieldSpec) -> List[Dict[str, Any]]:
@@ -98,6 +116,11 @@ def load_annotations(files: Sequence[PathLike], fields: FieldSpec) -> List[Dict[
                 data = json.load(handle)
         except json.JSONDecodeError as exc:
             raise AnnotationError(f"{path}: not valid JSON ({exc}).") from None
+        except UnicodeDecodeError as exc:
+            raise AnnotationError(
+                f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                f"JSON annotation files must be UTF-8: convert it, e.g. with "
+                f"`iconv -f latin1 -t utf-8`.") from None
         if not isinstance(data, list):
             raise AnnotationError(f"{path}: the top level must be a JSON list of entries, got a "
                                   f"{type(data).__name__}.")

@@ -24,17 +24,11 @@ __all__ = ["ImageTextCollate", "EvalImageCollate"]
 class ImageTextCollate:
     """Stack images, tokenise captions, and drop / count unreadable samples.
 
-    A batch that lost samples (``on_unreadable: drop``) is padded back to its full size by
-    repeating its readable samples: every batch of every rank then has the same size, which
-    the feature queues (filled in whole global batches) and DDP's all-gathers need, with no
-    communication. A repeated sample keeps its ``image_id``, so ITM never takes it as a
-    negative of itself.
-
     Args:
         text_processor: callable ``list[str] -> {"input_ids", "attention_mask"}``.
 
-    Returns None for a batch in which every sample was dropped; the training loop skips it
-    (on all ranks together: see ``trainers/data.py``).
+    Returns None for a batch in which every sample was dropped (only possible with
+    ``on_unreadable: drop``); the training loop should skip such a batch.
     """
 
     def __init__(self, text_processor: Any) -> None:
@@ -45,7 +39,6 @@ class ImageTextCollate:
         num_skipped = (len(samples) - len(kept)) + sum(int(s.get("num_skipped", 0)) for s in kept)
         if not kept:
             return None
-        kept = [kept[i % len(kept)] for i in range(len(samples))]
         tokens = self.text_processor([s["text"] for s in kept])
         return {
             "image": torch.stack([s["image"] for s in kept]),

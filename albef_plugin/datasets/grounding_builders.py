@@ -30,8 +30,7 @@ from albef_plugin.datasets.collate import ImageTextCollate
 from albef_plugin.datasets.grounding import (GroundingEvalCollate, GroundingEvalDataset,
                                              GroundingTrainDataset, ReferIndex)
 from albef_plugin.datasets.synthetic.builders import DemoDatasetConfig, _SyntheticWorldMixin
-from albef_plugin.datasets.synthetic.generate import load_scenes
-from albef_plugin.datasets.synthetic.tasks import GROUNDING_FILES, emit_grounding
+from albef_plugin.datasets.synthetic.tasks import GROUNDING_FILES, ensure_task_files
 from albef_plugin.registry import registry
 
 __all__ = ["GroundingJsonBuilder", "DemoGroundingBuilder", "GROUNDING_SPLITS"]
@@ -124,11 +123,7 @@ class DemoGroundingBuilder(_SyntheticWorldMixin, GroundingJsonBuilder):
     Config = DemoGroundingDatasetConfig
 
     def _tasks_dir(self) -> Path:
-        world = self._require_world()
-        tasks = world / "tasks"
-        if not all((tasks / name).is_file() for name in GROUNDING_FILES.values()):
-            emit_grounding(load_scenes(world), world)
-        return tasks
+        return ensure_task_files(self._require_world(), "grounding")
 
     def prepare(self) -> None:
         super().prepare()

@@ -9,7 +9,8 @@ once (per process) and the sample is handled by the ``on_unreadable`` policy:
   assume a fixed global batch (queue size divisible by it) and ITM hard-negative
   sampling needs at least two different images per batch.
 - ``"drop"``: ``__getitem__`` returns None and the collate function leaves it out, so the
-  batch is smaller.
+  batch is smaller (the training loop pads it back to full size by repeating its samples,
+  and skips a batch left empty on all ranks together: ``trainers/data.py``).
 - ``"error"``: raise at once (for data you expect to be complete).
 
 Either way the collate function reports how many unreadable files were met in
@@ -19,12 +20,16 @@ reaches the trainer when DataLoader workers (separate processes) read the images
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional, Set
+import os
+from typing import Any, Dict, Optional, Sequence, Set
 
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ["read_rgb", "UnreadableImageError", "ImageTextDataset", "ON_UNREADABLE_CHOICES"]
+from albef_plugin.errors import UserError
+
+__all__ = ["read_rgb", "check_image_files", "UnreadableImageError", "ImageTextDataset",
+           "ON_UNREADABLE_CHOICES"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,21 +39,59 @@ ON_UNREADABLE_CHOICES = ("substitute", "drop", "error")
 _MAX_CONSECUTIVE_UNREADABLE = 32
 
 
-class UnreadableImageError(OSError):
+class UnreadableImageError(UserError, OSError):
     """An image file is missing or cannot be decoded."""
+
+
+def _not_a_regular_file(path: str) -> Optional[str]:
+    """Why ``path`` cannot be an image file, or None. Only regular files are opened: a FIFO
+    or device would block the reader forever."""
+    if not os.path.exists(path):
+        return "does not exist"
+    if not os.path.isfile(path):
+        return "is not a regular file"
+    return None
 
 
 def read_rgb(path: str) -> Image.Image:
     """Open ``path`` and decode it fully into an RGB image.
 
     Raises:
-        UnreadableImageError: the file is missing, truncated or not an image.
+        UnreadableImageError: the file is missing, not a regular file, truncated or not an image.
     """
+    reason = _not_a_regular_file(path)
+    if reason:
+        raise UnreadableImageError(f"{path}: {reason}")
     try:
         with Image.open(path) as img:
             return img.convert("RGB")  # forces the full decode inside the try
     except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, struct.error ...
         raise UnreadableImageError(f"{path}: {type(exc).__name__}: {exc}") from exc
+
+
+def check_image_files(paths: Sequence[str], what: str) -> None:
+    """Cheap start-up check of images that must all be readable (evaluation): each is a
+    regular file whose header PIL recognises (no decoding).
+
+    Raises:
+        UnreadableImageError: listing the first bad files and why.
+    """
+    bad = []
+    for path in paths:
+        reason = _not_a_regular_file(path)
+        if reason is None:
+            try:
+                with Image.open(path):
+                    pass
+            except Exception as exc:  # PIL.UnidentifiedImageError, OSError ...
+                reason = f"is not a readable image ({type(exc).__name__})"
+        if reason:
+            bad.append(f"{path} {reason}")
+    if bad:
+        shown = "; ".join(bad[:5]) + ("; ..." if len(bad) > 5 else "")
+        raise UnreadableImageError(
+            f"{len(bad)} of {len(paths)} {what} are unreadable: {shown}. Restore the files, fix "
+            f"the dataset's image_root, or remove their entries from the annotation file.")
 
 
 class ImageTextDataset(Dataset):

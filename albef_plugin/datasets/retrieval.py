@@ -15,7 +15,8 @@ from torch.utils.data import Dataset
 
 from albef_plugin.datasets.annotations import (RE_EVAL_FIELDS, RE_TRAIN_FIELDS, load_annotations,
                                                resolve_image_path)
-from albef_plugin.datasets.images import ImageTextDataset, UnreadableImageError, read_rgb
+from albef_plugin.datasets.images import (ImageTextDataset, UnreadableImageError,
+                                          check_image_files, read_rgb)
 
 __all__ = ["RetrievalTrainDataset", "RetrievalEvalDataset"]
 
@@ -75,7 +76,9 @@ class RetrievalEvalDataset(Dataset):
         text_processor: the callable ``list[str] -> {"input_ids", "attention_mask"}``.
 
     Items: ``{"image": (3, H, W) tensor, "index": i}``. An unreadable image is an error
-    here: skipping it would shift every image index and corrupt the metrics.
+    here: skipping it would shift every image index and corrupt the metrics. So every image
+    is checked when the dataset is built (exists, regular file, image header): a long run
+    fails at its start, not at its final evaluation.
     """
 
     def __init__(self, ann_files: Files, image_root: str, transform: Any, text_processor: Any) -> None:
@@ -94,6 +97,8 @@ class RetrievalEvalDataset(Dataset):
                 self.img2txt[image_index].append(len(self.texts))
                 self.txt2img.append(image_index)
                 self.texts.append(clean(caption))
+        files = ", ".join(str(f) for f in ann_files)
+        check_image_files(self.image_paths, f"evaluation images of {files}")
 
     def __len__(self) -> int:
         return len(self.image_paths)

@@ -34,9 +34,12 @@ class BaseModel(nn.Module):
     ``params_without_grad`` lists (regexes of) trainable parameters that get no gradient from
     the training forward by design; ``tiny_overrides()`` gives a few-second CPU size and
     ``dummy_batch()`` a random training batch for the model at hand.
+    ``min_batch_size_per_rank`` is the smallest training batch per process the model can learn
+    from; the config loader refuses smaller ``training.batch_size`` values at start-up.
     """
 
     params_without_grad: ClassVar[Tuple[str, ...]] = ()
+    min_batch_size_per_rank: ClassVar[int] = 1
 
     @dataclass
     class Config:

@@ -11,7 +11,7 @@ device and filled with ``index_copy_``.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from torch import nn
 
 from albef_plugin.distributed import all_gather_concat
 
-__all__ = ["register_feature_queues", "enqueue", "check_queue_size"]
+__all__ = ["register_feature_queues", "enqueue", "check_queue_size", "similarity_with_queue"]
 
 
 def register_feature_queues(module: nn.Module, embed_dim: int, queue_size: int,
@@ -71,3 +71,51 @@ def enqueue(queues: Sequence[torch.Tensor], queue_ptr: torch.Tensor,
             raise ValueError("all batches enqueued together must have the same batch size")
         queue.index_copy_(1, columns, values.reshape(global_batch, -1).t().to(queue.dtype))
     queue_ptr.copy_((queue_ptr + global_batch) % queue_size)
+
+
+class _MatmulWithQueue(torch.autograd.Function):
+    """``rows @ queue`` for a queue that :func:`enqueue` overwrites in place before the backward.
+
+    Autograd would keep ``queue`` for the backward and then refuse it (modified in place), so
+    the plain form needs a copy of the whole ``[D, Q]`` queue every step (64 MiB at the paper's
+    size, most of the ITC cost on a CPU). Here the forward keeps only the ``[D, n]`` columns
+    the next enqueue will overwrite, and the backward puts them back for its matmul and then
+    restores the new ones: the backward reads exactly the forward's queue, without the copy.
+    One enqueue (one in-place write) may happen between forward and backward, as in a step;
+    more is an error.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, rows: torch.Tensor, queue: torch.Tensor,
+                columns: torch.Tensor) -> torch.Tensor:
+        ctx.queue, ctx.columns, ctx.version = queue, columns, queue._version
+        ctx.overwritten = queue.index_select(1, columns)
+        return rows @ queue
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[torch.Tensor, None, None]:
+        queue, columns = ctx.queue, ctx.columns
+        writes = queue._version - ctx.version
+        if writes == 0:
+            return grad @ queue.t(), None, None
+        if writes != 1:
+            raise RuntimeError(f"the feature queue was written {writes} times between a forward "
+                               f"and its backward; run backward after each forward")
+        with torch.no_grad():
+            current = queue.index_select(1, columns)
+            queue.index_copy_(1, columns, ctx.overwritten)
+            grad_rows = grad @ queue.t()
+            queue.index_copy_(1, columns, current)
+        ctx.version = queue._version - 1  # a second backward (retain_graph) sees one write again
+        return grad_rows, None, None
+
+
+def similarity_with_queue(rows: torch.Tensor, batch_columns: torch.Tensor, queue: torch.Tensor,
+                          queue_ptr: torch.Tensor, global_batch: int) -> torch.Tensor:
+    """``rows @ [batch_columns | queue]`` (``[N, D] @ [D, B + Q]``) without concatenating the
+    queue: ``batch_columns`` is ``[D, B]``; ``global_batch`` columns from ``queue_ptr`` on are the
+    ones the step's :func:`enqueue` overwrites (see :class:`_MatmulWithQueue`)."""
+    if not (rows.requires_grad and torch.is_grad_enabled()):
+        return torch.cat([rows @ batch_columns, rows @ queue], dim=1)
+    columns = (queue_ptr + torch.arange(global_batch, device=queue_ptr.device)) % queue.shape[1]
+    return torch.cat([rows @ batch_columns, _MatmulWithQueue.apply(rows, queue, columns)], dim=1)

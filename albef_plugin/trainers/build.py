@@ -155,13 +155,23 @@ def build_model(config: Any) -> nn.Module:
 
 
 def wrap_model(model: nn.Module, device: torch.device, *, find_unused_parameters: bool,
-               compile_model: bool) -> nn.Module:
-    """DDP when there is more than one process, then ``torch.compile`` if asked.
+               compile_model: bool, compile_kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """DDP when there is more than one process, and ``torch.compile`` if asked.
+
+    ``training.compile``: a model that says what to compile (``compile_encoders``, the ALBEF
+    family) has its encoders compiled in place, so state-dict keys keep their names and the
+    data-dependent parts of the step stay eager; any other model is wrapped whole by
+    ``torch.compile`` around DDP (whose state-dict keys then carry an ``_orig_mod.`` prefix).
 
     ``broadcast_buffers=False``: ALBEF's buffers are the feature queues, filled on every
     rank with the same all-gathered features, so they are already identical; broadcasting
     two [256, 65536] queues at every forward would only cost bandwidth.
     """
+    compile_kwargs = compile_kwargs or {}
+    compile_whole = compile_model and not hasattr(model, "compile_encoders")
+    if compile_model and not compile_whole:
+        logger.info("torch.compile (in place): %s",
+                    ", ".join(model.compile_encoders(**compile_kwargs)))
     if get_world_size() > 1:
         ddp_args = inspect.signature(nn.parallel.DistributedDataParallel).parameters
         # newer torch renames the flag (and still syncs buffers once at construction: fine)
@@ -170,6 +180,7 @@ def wrap_model(model: nn.Module, device: torch.device, *, find_unused_parameters
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=find_unused_parameters, **no_buffer_sync)
-    if compile_model:
-        model = torch.compile(model)
+    if compile_whole:
+        logger.info("torch.compile: the whole %s", type(model).__name__)
+        model = torch.compile(model, **compile_kwargs)
     return model

@@ -42,6 +42,7 @@ __all__ = [
     "EpochBatchIterator",
     "batch_size_of",
     "every_rank_has_data",
+    "pad_batch",
 ]
 
 SampleKey = Tuple[int, int]  # (epoch, dataset index)
@@ -175,6 +176,25 @@ def build_train_loader(dataset: Dataset, collate_fn: Optional[Callable], *, batc
     return loader, sampler
 
 
+def pad_batch(batch: Dict[str, Any], batch_size: int) -> Dict[str, Any]:
+    """``batch`` with its rows repeated cyclically up to ``batch_size`` (as it is when full
+    or empty). Every tensor / list whose first dimension is the batch is padded; a repeated
+    sample keeps its ``image_id``, so ITM never takes it as a negative of itself."""
+    size = batch_size_of(batch)
+    if size == 0 or size >= batch_size:
+        return batch
+    rows = [i % size for i in range(batch_size)]
+    padded: Dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == size:
+            padded[key] = value[rows]
+        elif isinstance(value, (list, tuple)) and len(value) == size:
+            padded[key] = type(value)(value[i] for i in rows)
+        else:
+            padded[key] = value
+    return padded
+
+
 def flag_group() -> Any:
     """A gloo process group for host-side flags (the default group when it is gloo already)."""
     import torch.distributed as dist
@@ -252,8 +272,11 @@ class EpochBatchIterator:
     def next(self) -> Tuple[Tuple[int, int], Dict[str, Any], int]:
         """The next batch.
 
-        A batch whose samples were all dropped (a collate returning None or no tensors)
-        comes back as ``{}``; with several processes, it is ``{}`` on every rank as soon as
+        A batch that lost samples (``on_unreadable: drop``) is padded back to full size by
+        repeating its samples (:func:`pad_batch`), so every batch of every rank has the same
+        size: the feature queues (filled in whole global batches) and DDP's all-gathers need
+        that, and it takes no communication. A batch whose samples were all dropped (a
+        collate returning None or no tensors) comes back as ``{}``; with several processes, it is ``{}`` on every rank as soon as
         it is empty on one (see :func:`every_rank_has_data`), so all ranks skip that step
         together.
 
@@ -268,6 +291,7 @@ class EpochBatchIterator:
         if batch is None:  # every sample dropped: the collate counted nothing
             batch = {"num_skipped": self.batch_size}
         num_skipped = int(batch.pop("num_skipped", 0)) if isinstance(batch, dict) else 0
+        batch = pad_batch(batch, self.batch_size)
         if self.sampler.num_replicas > 1:
             if self._flag_group is None:
                 self._flag_group = flag_group()

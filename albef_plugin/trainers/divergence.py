@@ -100,15 +100,14 @@ class DivergenceGuard:
         if bad:
             raise NonFiniteLossError(
                 f"parameters became NaN/inf by update {update} ({', '.join(bad[:8])}"
-                f"{', ...' if len(bad) > 8 else ''}); no checkpoint written.")
+                f"{', ...' if len(bad) > 8 else ''}).")
         reference = self.reference_norm
         if self.max_growth > 0 and reference and (not math.isfinite(norm)
                                                   or norm > self.max_growth * reference):
             raise NonFiniteLossError(
                 f"the weights exploded by update {update}: their L2 norm grew from {reference:.4g} "
                 f"to {norm:.4g} since the last checkpoint (more than "
-                f"training.divergence.max_weight_norm_growth={self.max_growth:g} x); no checkpoint "
-                f"written.")
+                f"training.divergence.max_weight_norm_growth={self.max_growth:g} x).")
         self.reference_norm = norm
 
     # ------------------------------------------------------------------------ stop

@@ -4,9 +4,13 @@ Usable standalone::
 
     python -m albef_plugin.trainers.plots save/metrics.jsonl [save/training_curves.png]
 
-Left panel: every ``train/<loss>`` and ``total_loss`` against the update. Right panel: every
-evaluation metric against the update (one line per key). Records repeated after a resume
-(same kind and update) keep their last version.
+Left panel: every ``train/<loss>`` and ``total_loss`` against the update. Right panel: the
+evaluation metrics against the update. Retrieval reports nine numbers per ranking (TR/IR R@1,
+5, 10, their means and ``r_mean``); the panel keeps R@1 both ways and ``r_mean`` per ranking
+(``metrics.jsonl`` keeps them all), one colour per number and ranking, periodic ``val``
+evaluations as lines and other splits (the final ``test``) as markers. Other metrics (accuracy,
+...) are drawn as they are. Legends sit outside the axes so they never hide a curve. Records
+repeated after a resume (same kind and update) keep their last version.
 """
 from __future__ import annotations
 
@@ -14,12 +18,14 @@ import argparse
 import json
 import logging
 import os
+import re
 from collections import defaultdict
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["read_metrics", "plot_training_curves", "main"]
+__all__ = ["read_metrics", "plotted_eval_series", "plot_training_curves",
+           "draw_training_curves", "main"]
 
 Series = Dict[str, List[Tuple[int, float]]]
 
@@ -53,6 +59,53 @@ def read_metrics(path: str) -> Tuple[Series, Series]:
     return dict(train), dict(evaluation)
 
 
+# <ranking>_txt_r1 etc. (ranking optional): the retrieval metric's names
+_RETRIEVAL = re.compile(r"^(?:(?P<ranking>.+?)_)?(?P<measure>txt_r1|txt_r5|txt_r10|txt_r_mean|"
+                        r"img_r1|img_r5|img_r10|img_r_mean|r_mean)$")
+_PLOTTED_RETRIEVAL = {"txt_r1": "TR@1", "img_r1": "IR@1", "r_mean": "r_mean"}
+
+
+def plotted_eval_series(evaluation: Series) -> Dict[str, Tuple[str, str, List[Tuple[int, float]]]]:
+    """The evaluation series the right panel draws: ``key -> (split, label, points)``.
+
+    R@1 both ways and ``r_mean`` per ranking of the retrieval metrics, every other metric as
+    it is. ``label`` leaves out the split: ``"itc TR@1"``, ``"demo_pretrain/itm r_mean"``
+    (the dataset only when several datasets were evaluated), ``"vqa/accuracy"``.
+    """
+    datasets = {key.split("/")[1] for key in evaluation if key.count("/") >= 2}
+    selected: Dict[str, Tuple[str, str, List[Tuple[int, float]]]] = {}
+    for key, points in evaluation.items():
+        parts = key.split("/")
+        split, name = parts[0], parts[-1]
+        prefix = "/".join(parts[1:-1])
+        if len(datasets) <= 1:
+            prefix = ""
+        match = _RETRIEVAL.match(name)
+        if match:
+            if match["measure"] not in _PLOTTED_RETRIEVAL:
+                continue
+            name = " ".join(filter(None, [match["ranking"], _PLOTTED_RETRIEVAL[match["measure"]]]))
+        label = f"{prefix}/{name}" if prefix else name
+        selected[key] = (split, label, points)
+    return selected
+
+
+def _eval_styles(labels: List[str]) -> Tuple[Dict[str, str], Dict[str, str], Dict[str, str]]:
+    """Colour per measure (TR@1, IR@1, r_mean, or the metric), line style (val) and marker
+    (test) per ranking: ``itc TR@1`` and ``itm TR@1`` share a colour and differ by their
+    dashes or markers."""
+    measures: Dict[str, str] = {}
+    rankings: Dict[str, int] = {}
+    colours, dashes, markers = {}, {}, {}
+    for label in labels:
+        ranking, _, measure = label.rpartition(" ")
+        colours[label] = measures.setdefault(measure, f"C{len(measures) % 10}")
+        order = rankings.setdefault(ranking, len(rankings))
+        dashes[label] = ["-", "--", ":", "-."][order % 4]
+        markers[label] = ["*", "X", "P", "D"][order % 4]
+    return colours, dashes, markers
+
+
 def plot_training_curves(metrics_path: str, output_path: Optional[str] = None) -> str:
     """Draw the loss and metric curves of ``metrics_path`` into a PNG; returns its path."""
     import matplotlib
@@ -61,28 +114,42 @@ def plot_training_curves(metrics_path: str, output_path: Optional[str] = None) -
     import matplotlib.pyplot as plt
 
     output_path = output_path or os.path.join(os.path.dirname(metrics_path), "training_curves.png")
-    train, evaluation = read_metrics(metrics_path)
-    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure = draw_training_curves(*read_metrics(metrics_path))
+    tmp = output_path + ".tmp.png"
+    figure.savefig(tmp, dpi=100, bbox_inches="tight")  # "tight" keeps the outside legends
+    plt.close(figure)
+    os.replace(tmp, output_path)
+    return output_path
+
+
+def draw_training_curves(train: Series, evaluation: Series) -> Any:
+    """The two-panel matplotlib figure (losses | evaluation) of ``read_metrics``' series."""
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(14, 4.5))
     for name, points in sorted(train.items()):
         updates, values = zip(*points)
         loss_axis.plot(updates, values, label=name, linewidth=2 if name == "total_loss" else 1)
     loss_axis.set(title="training losses", xlabel="update", ylabel="loss")
-    for name, points in sorted(evaluation.items()):
+
+    series = plotted_eval_series(evaluation)
+    colours, dashes, markers = _eval_styles(sorted({label for _, label, _ in series.values()}))
+    for key in sorted(series, key=lambda k: (series[k][0] != "val", series[k][1])):
+        split, label, points = series[key]
         updates, values = zip(*points)
-        metric_axis.plot(updates, values, marker="o", label=name)
+        style = ({"marker": "o", "markersize": 3, "linestyle": dashes[label]} if split == "val"
+                 else {"marker": markers[label], "markersize": 10, "linestyle": "none"})
+        metric_axis.plot(updates, values, color=colours[label], label=f"{split} {label}", **style)
     metric_axis.set(title="evaluation", xlabel="update", ylabel="metric")
-    for axis, series in ((loss_axis, train), (metric_axis, evaluation)):
-        if series:
-            axis.legend(fontsize="small")
+    for axis, has_data in ((loss_axis, bool(train)), (metric_axis, bool(series))):
+        if has_data:
+            axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                        borderaxespad=0.0)
         else:
             axis.text(0.5, 0.5, "no data", ha="center", va="center", transform=axis.transAxes)
         axis.grid(alpha=0.3)
     figure.tight_layout()
-    tmp = output_path + ".tmp.png"
-    figure.savefig(tmp, dpi=100)
-    plt.close(figure)
-    os.replace(tmp, output_path)
-    return output_path
+    return figure
 
 
 def main(argv: Optional[List[str]] = None) -> None:

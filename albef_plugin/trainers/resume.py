@@ -21,9 +21,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Tuple
 
-import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from albef_plugin.distributed import get_world_size, unwrap_model
 from albef_plugin.models.checkpoints import load_checkpoint

@@ -91,6 +91,10 @@ def clear_run_files(save_dir: str) -> List[str]:
         if os.path.isdir(path):
             shutil.rmtree(path)
             removed.append(name + "/")
+    for name in os.listdir(save_dir) if os.path.isdir(save_dir) else []:
+        if name.endswith(".diverged"):  # set aside by a divergence stop (divergence.py)
+            os.remove(os.path.join(save_dir, name))
+            removed.append(name)
     removed += remove_stale_temp_files(save_dir)
     if removed:
         logger.warning("checkpoint.overwrite=true: removed the previous run's %s from %s",

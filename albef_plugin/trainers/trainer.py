@@ -29,14 +29,15 @@ from albef_plugin.train_state import TrainState
 from albef_plugin.trainers import resume
 from albef_plugin.trainers.build import build_datasets, build_model, parse_run_type, wrap_model
 from albef_plugin.trainers.checkpointer import Checkpointer
-from albef_plugin.trainers.divergence import DivergenceGuard
 from albef_plugin.trainers.data import EpochBatchIterator, batch_size_of, build_train_loader
+from albef_plugin.trainers.divergence import DivergenceGuard
 from albef_plugin.trainers.evaluation import BestMetricTracker, build_metrics, evaluate_split
 from albef_plugin.trainers.meter import NonFiniteLossError, TrainMeter
 from albef_plugin.trainers.metrics_log import MetricsWriter, attach_file_log, detach_file_log
 from albef_plugin.trainers.optim import build_optimizer
 from albef_plugin.trainers.plots import plot_training_curves
 from albef_plugin.trainers.preemption import RunPreempted, StopAgreement
+from albef_plugin.trainers.progress import progress_bar
 from albef_plugin.trainers.precision import (build_grad_scaler, get_autocast, resolve_device,
                                              resolve_precision)
 from albef_plugin.trainers.rng import seed_everything
@@ -208,8 +209,8 @@ class Trainer:
         self.wrapped.train()
         self.lr_scheduler.step(state.update)
         self.guard.start(self.model, state.update, current_update=self._last_saved)
-        self._progress = tqdm(total=self.max_updates, initial=state.update, desc="train",
-                              dynamic_ncols=True, disable=not (self.is_main and training.progress_bar))
+        self._progress = progress_bar(self.max_updates, state.update,
+                                      enabled=self.is_main and training.progress_bar)
         while state.update < self.max_updates and not self.stop_requested:
             self.train_step([self.batches.next() for _ in range(self.update_frequency)])
             self._progress.update(1)
@@ -326,7 +327,9 @@ class Trainer:
         if update > 0:  # the updates before the first bad one were fine
             self.guard.clean_through = max(self.guard.clean_through, update - 1)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in losses.items()) or "(seen on another rank)"
-        if "recent_median" in losses:
+        if update < 0:
+            reason = "training diverged on another process (NaN/inf or a loss spike there)."
+        elif "recent_median" in losses:
             reason = (f"training diverged at update {update}: {shown} (the total loss is more than "
                       f"training.divergence.loss_spike_factor="
                       f"{self.config.training.divergence.loss_spike_factor:g} x the recent median).")

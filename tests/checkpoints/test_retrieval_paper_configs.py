@@ -46,7 +46,9 @@ def test_paper_configs_resolve_to_the_official_values(monkeypatch, name, epochs,
     assert cfg.scheduler.type == "albef_official"
     assert dict(cfg.scheduler.params) == {"epochs": epochs, "min_lr": 1e-6, "warmup_lr": 1e-5,
                                           "warmup_units": 1, "iterations_per_unit": 100}
-    assert (cfg.evaluation.k_test, cfg.evaluation.itm_plus_itc) == (k_test, False)
+    (metric,) = cfg.evaluation.metrics
+    assert metric.type == "retrieval" and cfg.evaluation.batch_size == 64
+    assert (metric.params.k_test, metric.params.itm_plus_itc) == (k_test, False)
     assert list(data.annotations.train) == [train_file]
     text = data.processors.text.params
     assert (text.max_length, text.add_sep) == (30, False)
@@ -59,7 +61,7 @@ def test_zero_shot_flickr_evaluates_the_coco_checkpoint_with_the_flickr_settings
     assert cfg.run_type == "test"
     assert cfg.model_config.albef_retrieval.checkpoint == "/datasets/albef/weights/mscoco.pth"
     assert cfg.model_config.albef_retrieval.image_encoder.image_size == 384
-    assert cfg.evaluation.k_test == 128
+    assert cfg.evaluation.metrics[0].params.k_test == 128
     data = cfg.dataset_config.albef_retrieval_json
     assert list(data.annotations.test) == ["json_downstream/flickr30k_test.json"]
     assert list(data.annotations.train) == []
@@ -110,7 +112,7 @@ def test_paper_config_runs_from_an_official_layout_checkpoint(tmp_path, name, st
                    "training.batch_size=4", "training.max_updates=1", "training.num_workers=0",
                    "training.device=cpu", "training.progress_bar=false", "training.tensorboard=false",
                    "training.plot=false", "evaluation.num_workers=0", "evaluation.batch_size=4",
-                   "evaluation.k_test=4"])
+                   "evaluation.metrics=[{type: retrieval, params: {k_test: 4}}]"])
     records = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
     tests = [r for r in records if r.get("kind") == "eval" and r.get("split") == "test"]
     assert tests and 0.0 <= tests[-1]["test/albef_retrieval_json/itm_r_mean"] <= 100.0

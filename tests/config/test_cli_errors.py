@@ -57,6 +57,8 @@ def _error_line(capsys, argv):
     (["run_type=trian"], ["run_type='trian'"]),
     (["model=toy_in_batch_negatives", "training.batch_size=1"],
      ["training.batch_size=1", "at least 2 samples per process"]),
+    (["training.batch_size=1"], ["training.batch_size=1", "model albef_pretrain",
+                                 "at least 2 samples per process"]),
 ])
 def test_bad_values_are_one_error_line(capsys, tmp_path, overrides, needles):
     line = _error_line(capsys, [f"config={DEMO}", f"env.save_dir={tmp_path}", *overrides])

@@ -37,9 +37,10 @@ def test_re_eval_index_maps(write_json, image_dir, eval_transform, text_processo
 
 
 def test_unreadable_eval_image_is_an_error(write_json, image_dir, eval_transform, text_processor):
-    ds = RetrievalEvalDataset([write_json("e.json", [{"image": "gone.jpg", "caption": ["c"]}])],
+    ds = RetrievalEvalDataset([write_json("e.json", [{"image": "img0.jpg", "caption": ["c"]}])],
                               str(image_dir), eval_transform, text_processor)
-    with pytest.raises(UnreadableImageError, match="gone.jpg.*cannot skip"):
+    (image_dir / "img0.jpg").unlink()  # gone after the start-up check
+    with pytest.raises(UnreadableImageError, match="img0.jpg.*cannot skip"):
         ds[0]
 
 

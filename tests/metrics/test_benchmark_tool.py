@@ -62,3 +62,14 @@ def test_paper_size_report_shows_the_official_reference(benchmark):
 def test_malformed_override_is_rejected(benchmark):
     with pytest.raises(SystemExit, match="not KEY=VALUE"):
         benchmark.main(tiny_argv()[:-1] + ["image_encoder.width"])
+
+
+def test_preset_defaults_and_profile_needs_the_preset(benchmark):
+    args = benchmark.parse_args(["--device", "cpu", "--preset", "official-cpu"])
+    assert (args.steps, args.warmup, args.rounds) == (10, 3, 5)  # the protocol
+    args = benchmark.parse_args(["--device", "cpu"])
+    assert (args.steps, args.warmup) == (20, 5)
+    with pytest.raises(SystemExit, match="--profile needs --preset official-cpu"):
+        benchmark.main(["--device", "cpu", "--profile"])
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--device", "cpu", "--preset", "official-cpu", "--rounds", "0"])

@@ -116,17 +116,18 @@ class _TinyEvalSet(torch.utils.data.Dataset):
 
 
 def test_retrieval_evaluation_runs_on_albef_retrieval(retrieval_model):
-    from albef_plugin.metrics import RetrievalEvaluator
+    from albef_plugin.metrics import EvalContext, RetrievalEvaluator
 
     dataset = _TinyEvalSet(retrieval_model.visual_encoder.image_size)
     queue = retrieval_model.image_queue.clone()
-    evaluator = RetrievalEvaluator(None, k_test=8, num_workers=0, batch_size=2)
-    metrics = evaluator.evaluate(retrieval_model.train(), dataset, "cpu")
+    evaluator = RetrievalEvaluator({"k_test": 8})
+    context = EvalContext(device="cpu", num_workers=0, batch_size=2)
+    metrics = evaluator.evaluate(retrieval_model.train(), dataset, context)
     assert {"itc_r_mean", "itm_r_mean", "itm_txt_r1", "itm_img_r1"} <= set(metrics)
     assert all(0.0 <= v <= 100.0 for v in metrics.values())
     assert retrieval_model.training and torch.equal(retrieval_model.image_queue, queue)
     # k_test >= number of candidates: the ITM scores are the model's ITM logits of every pair
-    scores = evaluator.compute_scores(retrieval_model, dataset, "cpu")
+    scores = evaluator.compute_scores(retrieval_model, dataset, context)
     retrieval_model.eval()
     with torch.no_grad():
         image_embeds, _ = retrieval_model.encode_image(dataset.images)

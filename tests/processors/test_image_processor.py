@@ -94,3 +94,98 @@ def test_train_processor_pickles():
     a = proc(_two_halves())
     torch.manual_seed(1)
     assert torch.equal(a, clone(_two_halves()))
+
+
+# ------------------------------------------------------------------ backend: tensor
+import io  # noqa: E402
+
+from torchvision.transforms import functional as F  # noqa: E402
+from torchvision.transforms.v2 import functional as F2  # noqa: E402
+
+
+def _jpeg_bytes(width: int = 120, height: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    _two_halves(width, height).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_tensor_backend_matches_pil_shape_and_takes_paths_and_bytes(tmp_path):
+    proc = ImageTrainProcessor(image_size=24, backend="tensor")
+    path = tmp_path / "a.jpg"
+    path.write_bytes(_jpeg_bytes())
+    for source in (_two_halves(50, 30), str(path), path.read_bytes()):
+        out = proc(source)
+        assert out.shape == (3, 24, 24) and out.dtype == torch.float32
+    with pytest.raises(ValueError, match="backend='gpu'"):
+        ImageTrainProcessor(backend="gpu")
+    with pytest.raises(TypeError, match="backend=pil takes a PIL.Image"):
+        ImageTrainProcessor(image_size=24)(str(path))
+
+
+def test_tensor_backend_pixels_close_to_pil_backend():
+    """Same seed, same draws: the two backends give the same crop and flip; pixels differ
+    by interpolation rounding only (RandAugment off: its ops are shared code)."""
+    img = Image.effect_mandelbrot((96, 80), (-2, -1.2, 1, 1.2), 60).convert("RGB")
+    kwargs = dict(image_size=32, randaugment=False)
+    torch.manual_seed(3)
+    pil = torch.stack([ImageTrainProcessor(**kwargs)(img) for _ in range(8)])
+    torch.manual_seed(3)
+    tensor = torch.stack([ImageTrainProcessor(backend="tensor", **kwargs)(img) for _ in range(8)])
+    # one normalised unit is ~ 1 / (0.27 * 255) per grey level: allow a few levels
+    assert (pil - tensor).abs().mean() < 0.1
+    torch.manual_seed(3)
+    with_augment = ImageTrainProcessor(image_size=32, backend="tensor")
+    assert with_augment(img).shape == (3, 32, 32)
+
+
+def _sampled_parameters(backend: str, seed: int, samples: int):
+    """(area fraction, aspect ratio, flipped) of every crop the pipeline applies, spied at
+    the functions that apply them (not at the sampler)."""
+    jpeg = _jpeg_bytes(120, 90)
+    image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    crops, flips = [], [0]
+    module, crop_name, flip_name = ((F, "resized_crop", "hflip") if backend == "pil"
+                                    else (F2, "resized_crop", "horizontal_flip"))
+    real_crop, real_flip = getattr(module, crop_name), getattr(module, flip_name)
+
+    def crop_spy(img, top, left, height, width, *args, **kwargs):
+        crops.append((height * width / (120 * 90), width / height))
+        return real_crop(img, top, left, height, width, *args, **kwargs)
+
+    def flip_spy(img, *args, **kwargs):
+        flips[0] += 1
+        return real_flip(img, *args, **kwargs)
+
+    proc = ImageTrainProcessor(image_size=16, randaugment=False, backend=backend)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(module, crop_name, crop_spy)
+    mp.setattr(module, flip_name, flip_spy)
+    if backend == "tensor":  # the transform imported F2 by name
+        import albef_plugin.processors.image as image_module
+        mp.setattr(image_module.F2, crop_name, crop_spy)
+    try:
+        torch.manual_seed(seed)
+        for _ in range(samples):
+            proc(image if backend == "pil" else jpeg)
+    finally:
+        mp.undo()
+    area = torch.tensor([c[0] for c in crops])
+    ratio = torch.tensor([c[1] for c in crops])
+    return area, ratio, flips[0] / samples
+
+
+def test_tensor_backend_keeps_the_augmentation_statistics():
+    """Over 10,000 samples (different seeds): crop-area and aspect-ratio histograms within 2
+    percentage points per bin, means within 2%, flip rates within 2 points."""
+    n = 10_000
+    area_pil, ratio_pil, flip_pil = _sampled_parameters("pil", seed=0, samples=n)
+    area_t, ratio_t, flip_t = _sampled_parameters("tensor", seed=1, samples=n)
+    assert len(area_pil) == len(area_t) == n
+    assert area_pil.min() >= 0.19 and area_pil.max() <= 1.0  # scale (0.2, 1.0), rounding aside
+    for ours, theirs, low, high in ((area_t, area_pil, 0.2, 1.0),
+                                    (ratio_t.log(), ratio_pil.log(), -0.3, 0.3)):
+        hist_ours = torch.histc(ours, bins=10, min=low, max=high) / n
+        hist_theirs = torch.histc(theirs, bins=10, min=low, max=high) / n
+        assert (hist_ours - hist_theirs).abs().max() < 0.02
+        assert abs(ours.mean() - theirs.mean()) <= 0.02 * abs(theirs.mean()) + 1e-3
+    assert abs(flip_t - flip_pil) < 0.02 and abs(flip_pil - 0.5) < 0.02

@@ -201,3 +201,14 @@ def test_resume_reports_every_changed_key_that_affects_training(tmp_path, caplog
                    "model_config.toy_albef.dropout: 0.2 -> 0.1", "training.max_updates: 2 -> 4"):
         assert change in line, line
     assert "log_interval" not in line and "progress_bar" not in line and "resume" not in line
+
+
+def test_a_resumed_run_logs_each_update_once(tmp_path):
+    import shutil
+
+    run_trainer(make_config(tmp_path, "training.max_updates=4", "training.checkpoint_interval=2"))
+    # as if killed after update 4 was logged but before its checkpoint: current.ckpt is update 2
+    shutil.copyfile(tmp_path / "models" / "model_2.ckpt", tmp_path / "current.ckpt")
+    run_trainer(make_config(tmp_path, "training.max_updates=6", "training.checkpoint_interval=2",
+                            "checkpoint.resume=true"))
+    assert [r["update"] for r in read_records(tmp_path, "train")] == [1, 2, 3, 4, 5, 6]

@@ -91,18 +91,21 @@ def test_seeding_a_sample_never_touches_the_cuda_generators(monkeypatch):
     assert reseeded == []
 
 
-def test_image_text_collate_pads_a_partial_batch_and_gives_none_for_an_empty_one():
-    from albef_plugin.datasets.collate import ImageTextCollate
+def test_partial_batches_are_padded_to_full_size_and_empty_ones_stay_empty():
+    from albef_plugin.trainers.data import pad_batch
 
-    def tokens(texts):
-        return {"input_ids": torch.ones(len(texts), 3, dtype=torch.long),
-                "attention_mask": torch.ones(len(texts), 3, dtype=torch.long)}
+    batch = {"image": torch.arange(2.0).view(2, 1), "image_id": torch.tensor([7, 9]),
+             "text": ["a", "b"], "num_skipped": 2}
+    padded = pad_batch(batch, 4)
+    assert padded["image"].flatten().tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert padded["image_id"].tolist() == [7, 9, 7, 9]        # repeats keep their image id
+    assert padded["text"] == ["a", "b", "a", "b"] and padded["num_skipped"] == 2
+    assert pad_batch({}, 4) == {}
 
-    def sample(i):
-        return {"image": torch.full((3, 2, 2), float(i)), "text": f"caption {i}", "image_id": i}
-
-    collate = ImageTextCollate(tokens)
-    batch = collate([sample(0), None, sample(2), None])
-    assert batch["image"].shape[0] == 4 and batch["num_skipped"] == 2
-    assert batch["image_id"].tolist() == [0, 2, 0, 2]       # repeats keep their image id
-    assert collate([None, None]) is None
+    dataset = ToyDataset(8, skip=[0, 1, 2])                     # the first batch loses 3 of 4
+    loader, sampler = build_train_loader(dataset, toy_collate, batch_size=4, seed=0, rank=0,
+                                         world_size=1, num_workers=0, pin_memory=False,
+                                         persistent_workers=False)
+    sampler.shuffle = False
+    position, first, skipped = EpochBatchIterator(loader, sampler).next()
+    assert skipped == 3 and first["index"].tolist() == [3, 3, 3, 3]

@@ -33,12 +33,15 @@ def test_a_second_fresh_run_is_refused_overwrite_starts_clean_resume_continues(t
     # nothing of the first run was touched
     assert load_ckpt(tmp_path / "current.ckpt")["train_state"]["update"] == 3
     assert (tmp_path / "metrics.jsonl").read_text() == before
-    assert os.listdir(tmp_path / "models") == ["model_3.ckpt"]
+    # max_to_keep=1, plus the newest snapshot verified by the next loss (divergence.py)
+    assert sorted(os.listdir(tmp_path / "models")) == ["model_2.ckpt", "model_3.ckpt"]
 
+    (tmp_path / "current.ckpt.diverged").write_bytes(b"set aside by a divergence stop")
     run_job(_job(tmp_path, "training.max_updates=2", "checkpoint.overwrite=true"))
+    assert not (tmp_path / "current.ckpt.diverged").exists()
     assert load_ckpt(tmp_path / "current.ckpt")["train_state"]["update"] == 2
     assert [r["update"] for r in read_records(tmp_path, "train")] == [1, 2]
-    assert os.listdir(tmp_path / "models") == ["model_2.ckpt"]
+    assert sorted(os.listdir(tmp_path / "models")) == ["model_1.ckpt", "model_2.ckpt"]
 
     run_job(_job(tmp_path, "training.max_updates=4", "checkpoint.resume=true"))
     assert [r["update"] for r in read_records(tmp_path, "train")] == [1, 2, 3, 4]

@@ -2,10 +2,11 @@
 
 Each ``emit_*`` function reads scene records (``load_scenes(world)``) and writes files in
 the official ALBEF format of that task into ``<world>/tasks/``; paths inside are
-relative to the world folder, like the retrieval files. The datasets that read them
-belong to later work; these writers fix the formats and the ground truth now.
+relative to the world folder, like the retrieval files.
 
-Answers and labels are computed from the scene metadata, so they are always correct.
+Answers and labels are computed from the scene metadata, so they are always correct. The
+NLVR2 and SNLI-VE writers emit every statement template with every label equally often, so
+the text alone cannot tell the label (only the image can).
 Statements never use "left" / "right" for positions inside an image (flip
 augmentation); in NLVR2 "left image" / "right image" name the two images of a pair.
 """
@@ -14,16 +15,20 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from albef_plugin.datasets.synthetic.world import COLOURS, SHAPES, SPLIT_CODES
 
-__all__ = ["emit_vqa", "emit_nlvr2", "emit_snli_ve", "emit_grounding", "emit_all", "GROUNDING_FILES"]
+__all__ = ["emit_vqa", "emit_nlvr2", "emit_snli_ve", "emit_grounding", "emit_all",
+           "NLVR2_TEMPLATES", "VE_TEMPLATES", "TASKS_VERSION", "ensure_task_files", "GROUNDING_FILES"]
 
 Scenes = Sequence[Dict[str, Any]]
 _EMIT_STREAM = 7  # separates these draws from the scene generator's
+# Bump when any emitted file changes (templates, labels, pairing): files of an older version
+# are rewritten by ensure_task_files instead of being reused.
+TASKS_VERSION = 3  # 3: grounding files in the official REFER / ALBEF formats
 
 
 def _rng(scene: Dict[str, Any], task: int) -> np.random.Generator:
@@ -101,62 +106,137 @@ def emit_vqa(scenes: Scenes, world: Union[str, Path]) -> List[Path]:
 
 
 # -------------------------------------------------------------------- NLVR2
+# Every statement template is emitted once as "True" and once as "False" for the same anchor
+# scene, so no template (and no slot word) tells the label: the images must. Wherever it can,
+# the "False" row shows the *same* two images as the "True" row, swapped.
+NLVR2_TEMPLATES = ("the {side} image contains a {colour} {kind}",
+                   "both images contain a {colour} {kind}",
+                   "the left image contains more shapes than the right image")
+
+
+def _scenes_with(items: Sequence[Dict[str, Any]]) -> Dict[Tuple[str, str], List[int]]:
+    """(colour, kind) -> indices of the scenes (in ``items``) holding such an object."""
+    index: Dict[Tuple[str, str], List[int]] = {}
+    for i, scene in enumerate(items):
+        for pair in _pairs(scene):
+            index.setdefault(pair, []).append(i)
+    return index
+
+
+def _partner(items: Sequence[Dict[str, Any]], anchor: int, rng: np.random.Generator,
+             accept: Any, candidates: Optional[Sequence[int]] = None) -> Optional[Dict[str, Any]]:
+    """A random other scene of the split for which ``accept(scene)`` holds, or None."""
+    pool = list(range(len(items))) if candidates is None else list(candidates)
+    for i in rng.permutation(len(pool)):
+        j = pool[int(i)]
+        if j != anchor and accept(items[j]):
+            return items[j]
+    return None
+
+
+def _nlvr2_rows(items: Sequence[Dict[str, Any]], anchor: int,
+                holders: Dict[Tuple[str, str], List[int]]) -> List[Dict[str, Any]]:
+    scene = items[anchor]
+    rng = _rng(scene, 1)
+    colour, kind = _present_pair(scene, rng)
+    has = lambda s: _pairs(s)[(colour, kind)] > 0  # noqa: E731
+    rows = []
+
+    def add(left: Dict[str, Any], right: Dict[str, Any], sentence: str, label: bool) -> None:
+        rows.append({"images": [left["image"], right["image"]], "sentence": sentence,
+                     "label": str(label)})
+
+    # "the {side} image contains X": True with the anchor (holding X) on that side and a scene
+    # without X on the other; False with the same two images swapped.
+    other = _partner(items, anchor, rng, lambda s: not has(s))
+    if other is not None:
+        side = "left" if rng.random() < 0.5 else "right"
+        sentence = NLVR2_TEMPLATES[0].format(side=side, colour=colour, kind=kind)
+        pair = (scene, other) if side == "left" else (other, scene)
+        add(*pair, sentence, True)
+        add(*pair[::-1], sentence, False)
+    # "both images contain X": True with another holder of X; False with a scene without X.
+    sharer = _partner(items, anchor, rng, has, holders.get((colour, kind), []))
+    if sharer is not None and other is not None:
+        sentence = NLVR2_TEMPLATES[1].format(colour=colour, kind=kind)
+        for partner, label in ((sharer, True), (other, False)):
+            add(*((scene, partner) if rng.random() < 0.5 else (partner, scene)), sentence, label)
+    # "the left image contains more shapes ...": a scene with another count, in both orders.
+    count = len(scene["objects"])
+    differing = _partner(items, anchor, rng, lambda s: len(s["objects"]) != count)
+    if differing is not None:
+        more, fewer = (scene, differing) if count > len(differing["objects"]) else (differing, scene)
+        add(more, fewer, NLVR2_TEMPLATES[2], True)
+        add(fewer, more, NLVR2_TEMPLATES[2], False)
+    return rows
+
+
 def emit_nlvr2(scenes: Scenes, world: Union[str, Path]) -> List[Path]:
     """``nlvr2_{train,val,test}.json``: ``{images: [p0, p1], sentence, label: "True"|"False"}``.
 
-    Consecutive scenes of a split form pairs; three statements per pair.
+    Each scene of a split anchors up to three pairs of rows, one pair per template of
+    :data:`NLVR2_TEMPLATES`, each pair one "True" and one "False" statement; the partner
+    images come from the same split. A template is skipped for an anchor when the split
+    has no suitable partner, so every template carries both labels equally often.
     """
     folder, written = Path(world) / "tasks", []
     for split, items in _by_split(scenes).items():
-        rows = []
-        for left, right in zip(items[0::2], items[1::2]):
-            rng = _rng(left, 1)
-            colour, kind = _present_pair(left, rng)
-            both = _pairs(right)[(colour, kind)] > 0
-            n_left, n_right = len(left["objects"]), len(right["objects"])
-            total = n_left + n_right + int(rng.choice([-1, 0, 0, 1]))
-            images = [left["image"], right["image"]]
-            rows += [
-                {"images": images, "sentence": f"both images contain a {colour} {kind}",
-                 "label": str(both)},
-                {"images": images, "sentence": "the left image contains more shapes than the "
-                                               "right image", "label": str(n_left > n_right)},
-                {"images": images, "sentence": f"there are {total} shapes in the two images",
-                 "label": str(total == n_left + n_right)},
-            ]
+        holders = _scenes_with(items)
+        rows = [row for anchor in range(len(items)) for row in _nlvr2_rows(items, anchor, holders)]
         written.append(_write(folder, f"nlvr2_{split}.json", rows))
     return written
 
 
 # ------------------------------------------------------------------ SNLI-VE
-_NEUTRAL = ("the {c} {k} was drawn by a child", "the {c} {k} is made of paper",
-            "someone is about to erase the {c} {k}")
+# The image is a window onto a larger world: a statement about an object the picture shows
+# is settled by it (entailment or contradiction); one about an object it does not show could
+# be true out of view (neutral). Each template is emitted once per label for a scene, so the
+# template and its slot words carry no label information.
+VE_TEMPLATES = ("the {colour} {kind} is {size}", "the {colour} {kind} is {position}")
+_POSITIONS = {"top": "at the top", "middle": "in the middle", "bottom": "at the bottom"}
+_VE_SLOTS = (("size", {"small": "small", "large": "large"}), ("position", _POSITIONS))
+
+
+def _unique_objects(scene: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Objects that no other object of the scene shares colour and kind with ("the red circle"
+    names exactly one of them)."""
+    counts = _pairs(scene)
+    return [o for o in scene["objects"] if counts[(o["colour"], o["kind"])] == 1]
+
+
+def _ve_rows(scene: Dict[str, Any]) -> List[Dict[str, Any]]:
+    rng = _rng(scene, 2)
+    image = scene["image"][:-len(".jpg")]
+    unique = _unique_objects(scene)
+    if not unique:  # every object has a twin: "the red circle" would be ambiguous
+        return []
+    rows = []
+    for template, (slot, words) in zip(VE_TEMPLATES, _VE_SLOTS):
+        obj = unique[int(rng.integers(len(unique)))]
+        true_value = obj[slot]
+        false_value = str(rng.choice([v for v in words if v != true_value]))
+        absent = _absent_pair(scene, rng)
+        any_value = str(rng.choice(list(words)))
+        for (colour, kind), value, label in (
+                ((obj["colour"], obj["kind"]), true_value, "entailment"),
+                ((obj["colour"], obj["kind"]), false_value, "contradiction"),
+                (absent, any_value, "neutral")):
+            sentence = template.format(colour=colour, kind=kind, **{slot: words[value]})
+            rows.append({"image": image, "sentence": sentence, "label": label})
+    return rows
 
 
 def emit_snli_ve(scenes: Scenes, world: Union[str, Path]) -> List[Path]:
     """``ve_{train,val,test}.json``: ``{image (no .jpg), sentence, label}``.
 
-    Labels ``entailment`` (a present object), ``contradiction`` (an absent one or a wrong
-    count), ``neutral`` (a claim the picture cannot settle).
+    Per scene and template of :data:`VE_TEMPLATES`: ``entailment`` (a shown object's true
+    size / position), ``contradiction`` (the same object, a false size / position) and
+    ``neutral`` (an object the picture does not show). Scenes whose objects all have a twin
+    of the same colour and kind are skipped.
     """
     folder, written = Path(world) / "tasks", []
     for split, items in _by_split(scenes).items():
-        rows = []
-        for scene in items:
-            rng = _rng(scene, 2)
-            image = scene["image"][:-len(".jpg")]
-            colour, kind = _present_pair(scene, rng)
-            absent = _absent_pair(scene, rng)
-            n = len(scene["objects"])
-            rows += [
-                {"image": image, "sentence": f"there is a {colour} {kind}", "label": "entailment"},
-                {"image": image, "sentence": f"there is a {absent[0]} {absent[1]}",
-                 "label": "contradiction"},
-                {"image": image, "sentence": f"there are exactly {n + 1} shapes",
-                 "label": "contradiction"},
-                {"image": image, "sentence": str(rng.choice(_NEUTRAL)).format(c=colour, k=kind),
-                 "label": "neutral"},
-            ]
+        rows = [row for scene in items for row in _ve_rows(scene)]
         written.append(_write(folder, f"ve_{split}.json", rows))
     return written
 
@@ -236,7 +316,38 @@ def emit_grounding(scenes: Scenes, world: Union[str, Path]) -> List[Path]:
     return written
 
 
+_EMITTERS = {"vqa": emit_vqa, "nlvr2": emit_nlvr2, "snli_ve": emit_snli_ve,
+             "grounding": emit_grounding}
+
+
+def ensure_task_files(world: Union[str, Path], task: str) -> Path:
+    """Write ``task``'s files into ``<world>/tasks`` unless they are there from this
+    :data:`TASKS_VERSION`; returns the ``tasks`` folder. Main rank only (like ``prepare``).
+
+    A marker ``tasks/<task>.done`` holding the version is written after the files, so an
+    interrupted write or an older generator's files are redone.
+    """
+    if task not in _EMITTERS:
+        raise ValueError(f"unknown synthetic task {task!r}; known: {', '.join(_EMITTERS)}")
+    from albef_plugin.datasets.synthetic.generate import load_scenes
+
+    folder = Path(world) / "tasks"
+    marker = folder / f"{task}.done"
+    try:
+        if json.loads(marker.read_text(encoding="utf-8")).get("version") == TASKS_VERSION:
+            return folder
+    except (OSError, ValueError, AttributeError):
+        pass
+    _emit_with_marker(task, load_scenes(world), world)
+    return folder
+
+
+def _emit_with_marker(task: str, scenes: Scenes, world: Union[str, Path]) -> List[Path]:
+    written = _EMITTERS[task](scenes, world)
+    _write(Path(world) / "tasks", f"{task}.done", {"version": TASKS_VERSION})
+    return written
+
+
 def emit_all(scenes: Scenes, world: Union[str, Path]) -> List[Path]:
-    """Write every task's files; returns their paths."""
-    return [path for emit in (emit_vqa, emit_nlvr2, emit_snli_ve, emit_grounding)
-            for path in emit(scenes, world)]
+    """Write every task's files (and their version markers); returns the files' paths."""
+    return [path for task in _EMITTERS for path in _emit_with_marker(task, scenes, world)]

@@ -1,7 +1,10 @@
 """The ALBEF model family (importing registers the task models)."""
 from albef_plugin.models.albef.base import ALBEFBase
+from albef_plugin.models.albef.nlvr import ALBEFNLVR, ALBEFNLVRTextAssignment
 from albef_plugin.models.albef.pretrain import ALBEFPretrain
 from albef_plugin.models.albef.retrieval import ALBEFRetrieval
 from albef_plugin.models.albef.grounding import ALBEFGrounding
+from albef_plugin.models.albef.ve import ALBEFVisualEntailment
 
-__all__ = ["ALBEFBase", "ALBEFGrounding", "ALBEFPretrain", "ALBEFRetrieval"]
+__all__ = ["ALBEFBase", "ALBEFGrounding", "ALBEFPretrain", "ALBEFRetrieval", "ALBEFVisualEntailment",
+           "ALBEFNLVR", "ALBEFNLVRTextAssignment"]

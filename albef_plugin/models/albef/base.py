@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from albef_plugin.distributed import get_world_size
 from albef_plugin.losses.itm import (itm_labels, itm_loss, positive_mask_from_ids,
                                      sample_hard_negatives)
 from albef_plugin.models.albef.components import (ImageEncoderConfig, TextEncoderConfig,
@@ -36,7 +37,7 @@ from albef_plugin.models.albef.components import (ImageEncoderConfig, TextEncode
 from albef_plugin.models.base import BaseModel
 from albef_plugin.models.checkpoints.filters import CheckpointFilter, text_encoder_layout
 from albef_plugin.models.momentum import make_momentum_copy, momentum_update, paired_parameters
-from albef_plugin.models.queue import enqueue, register_feature_queues
+from albef_plugin.models.queue import enqueue, register_feature_queues, similarity_with_queue
 from albef_plugin.train_state import TrainState
 
 __all__ = ["ALBEFBase", "Alpha", "TINY_ALBEF_OVERRIDES"]
@@ -84,6 +85,8 @@ class ALBEFBase(BaseModel):
     # online children that get an EMA copy "<name>_m" (empty: no momentum model)
     momentum_children: ClassVar[Tuple[str, ...]] = ("visual_encoder", "vision_proj",
                                                     "text_encoder", "text_proj")
+    # modules torch.compile'd in place by compile_encoders() (their momentum copies too)
+    compile_children: ClassVar[Tuple[str, ...]] = ("visual_encoder", "text_encoder")
     use_queues: ClassVar[bool] = True
     use_idx_queue: ClassVar[bool] = False
     # source layout (filters.text_encoder_layout) -> how this model reads it
@@ -97,8 +100,7 @@ class ALBEFBase(BaseModel):
         cfg = self.config
         self.read_config(cfg)
         self.visual_encoder = build_visual_encoder(cfg.image_encoder)
-        build_text = build_text_encoder_mlm if self.text_encoder_with_mlm_head else build_text_encoder
-        self.text_encoder = build_text(cfg.text_encoder, self.vision_width)
+        self.text_encoder = self.build_text_encoder(cfg)
         self.build_heads(cfg)
         for name in self.momentum_children:
             setattr(self, name + "_m", make_momentum_copy(getattr(self, name)))
@@ -123,6 +125,12 @@ class ALBEFBase(BaseModel):
         self.alpha_ramp_epochs = float(cfg.alpha_ramp_epochs)
         # ITC: online features of the batch in the first B columns (see ALBEFPretrain.Config)
         self.itc_online_batch = False
+
+    def build_text_encoder(self, cfg: Any) -> nn.Module:
+        """The BERT text / fusion stack (override for another stack, e.g. NLVR2's pairs of
+        fusion blocks)."""
+        build_text = build_text_encoder_mlm if self.text_encoder_with_mlm_head else build_text_encoder
+        return build_text(cfg.text_encoder, self.vision_width)
 
     def build_heads(self, cfg: Any) -> None:
         """Heads on top of the encoders (default: ITC projections, ITM head, temperature)."""
@@ -181,6 +189,23 @@ class ALBEFBase(BaseModel):
         """Recompute online encoder activations in backward (the momentum ones need none)."""
         self.visual_encoder.set_grad_checkpointing(enable)
         self.text_encoder.set_grad_checkpointing(enable)
+
+    def compile_encoders(self, **compile_kwargs: Any) -> List[str]:
+        """``torch.compile`` the encoders in place (``nn.Module.compile``), online and momentum.
+
+        In place, so ``state_dict`` keys do not change (no ``_orig_mod.`` prefix) and checkpoints
+        stay interchangeable with eager runs. The data-dependent parts of a step (hard-negative
+        sampling, MLM position selection, queue writes) stay eager: the encoders are where the
+        FLOPs are, and their graphs have static shapes. Returns the names compiled.
+        """
+        names = []
+        for name in self.compile_children:
+            for attr in (name, name + "_m"):
+                module = getattr(self, attr, None)
+                if isinstance(module, nn.Module):
+                    module.compile(**compile_kwargs)
+                    names.append(attr)
+        return names
 
     def dummy_batch(self, batch_size: int = 4, seed: int = 0) -> Dict[str, torch.Tensor]:
         """Random images and ``[CLS] w1 ... [PAD]`` captions of varied lengths; ``image_id``
@@ -289,6 +314,11 @@ class ALBEFBase(BaseModel):
         """
         batch = image_feat.shape[0]
         with torch.autocast(device_type=image_feat.device.type, enabled=False):
+            if (not self.itc_online_batch and self.image_queue.shape[1] > 0
+                    and self.image_queue.dtype == self.text_queue.dtype == torch.float32):
+                return self._similarities_without_queue_copy(
+                    image_feat.float(), text_feat.float(), image_feat_m.float(),
+                    text_feat_m.float(), self.temp.float())
             # torch.cat copies, so the in-place enqueue later cannot corrupt autograd's saved inputs
             image_feat_all = torch.cat([image_feat_m.t(), self.image_queue.float()], dim=1)
             text_feat_all = torch.cat([text_feat_m.t(), self.text_queue.float()], dim=1)
@@ -302,6 +332,22 @@ class ALBEFBase(BaseModel):
             with torch.no_grad():
                 sim_i2t_m = image_feat_m @ text_feat_all / temp
                 sim_t2i_m = text_feat_m @ image_feat_all / temp
+        return sim_i2t, sim_t2i, sim_i2t_m, sim_t2i_m
+
+    def _similarities_without_queue_copy(self, image_feat: torch.Tensor, text_feat: torch.Tensor,
+                                         image_feat_m: torch.Tensor, text_feat_m: torch.Tensor,
+                                         temp: torch.Tensor
+                                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The official-form similarities (``itc_batch_features: momentum``, fp32 queues) without
+        the ``[D, B + Q]`` concatenations; see :func:`~albef_plugin.models.queue.similarity_with_queue`."""
+        global_batch = image_feat.shape[0] * get_world_size()
+        sim_i2t = similarity_with_queue(image_feat, text_feat_m.t(), self.text_queue,
+                                        self.queue_ptr, global_batch) / temp
+        sim_t2i = similarity_with_queue(text_feat, image_feat_m.t(), self.image_queue,
+                                        self.queue_ptr, global_batch) / temp
+        with torch.no_grad():
+            sim_i2t_m = torch.cat([image_feat_m @ text_feat_m.t(), image_feat_m @ self.text_queue], 1) / temp
+            sim_t2i_m = torch.cat([text_feat_m @ image_feat_m.t(), text_feat_m @ self.image_queue], 1) / temp
         return sim_i2t, sim_t2i, sim_i2t_m, sim_t2i_m
 
     def itc_targets(self, idx: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,7 @@ class ALBEFPretrain(ALBEFBase):
         loss_weights: LossWeights = field(default_factory=LossWeights)
 
     text_encoder_with_mlm_head = True
+    min_batch_size_per_rank = 2  # in-batch ITC and ITM negatives need another sample
     checkpoint_filters = {
         LAYOUT_TEXT_WITH_MLM_HEAD: CheckpointFilter(unused=(_IDX_QUEUE_UNUSED,)),
         # retrieval / grounding files (mscoco.pth, ...): same encoders without the MLM head

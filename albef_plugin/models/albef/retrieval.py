@@ -48,6 +48,7 @@ class ALBEFRetrieval(ALBEFBase):
             default_factory=lambda: ImageEncoderConfig(image_size=384))
 
     use_idx_queue = True
+    min_batch_size_per_rank = 2  # in-batch ITC and ITM negatives need another sample
     required_batch_keys = (("image", "[B,3,H,W]"), ("input_ids", "[B,L]"),
                            ("attention_mask", "[B,L]"), ("image_id", "[B] (the image's idx)"))
     checkpoint_filters = {

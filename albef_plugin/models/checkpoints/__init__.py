@@ -136,13 +136,18 @@ def load_checkpoint(model: nn.Module,
     result.resampled = resample_vit_pos_embeds(model, state, own)
     keep_model_queues(state, own, result.tolerated)
     absent = absent_momentum_children(model, state)
-    reason = "momentum copy absent from the file: re-initialised from the loaded online weights"
+    # A model may keep its construction-time momentum weights instead (the official NLVR.py
+    # order, behind a config switch: see models/albef/nlvr.py).
+    keep_momentum = bool(getattr(model, "keep_momentum_init_when_absent", False))
+    reason = ("momentum copy absent from the file: kept at the model's construction-time "
+              "weights (official order)" if keep_momentum else
+              "momentum copy absent from the file: re-initialised from the loaded online weights")
     expected.update({k: reason for k in own if k.split(".")[0] in absent})
     logger.info("loading %s (format %s) into %s", contents.source, contents.format,
                 type(model).__name__)
     load_state_dict_checked(model, state, fmt=contents.format, strict=strict,
                             source=contents.source, extra_tolerated=expected, result=result)
-    if absent:
+    if absent and not keep_momentum:
         copy_online_to_momentum(model, absent)
     model.pretrained_cfg = _pretrained_cfg(model, contents)  # type: ignore[assignment]
     return result
