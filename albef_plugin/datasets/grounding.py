@@ -32,7 +32,8 @@ import torch
 from torch.utils.data import Dataset
 
 from albef_plugin.datasets.annotations import AnnotationError, load_annotations, resolve_image_path
-from albef_plugin.datasets.images import ImageTextDataset, UnreadableImageError, read_rgb
+from albef_plugin.datasets.images import (ImageTextDataset, UnreadableImageError, check_image_files,
+                                          read_rgb)
 
 __all__ = ["load_plain_pickle", "ReferIndex", "GroundingRef", "GroundingTrainDataset",
            "GroundingEvalDataset", "GroundingEvalCollate", "GROUNDING_TRAIN_FIELDS",
@@ -229,9 +230,12 @@ class GroundingEvalDataset(Dataset):
             self.refs.append(ref)
             self.texts.append(entry["text"])
             self.image_paths.append(resolve_image_path(entry["image"], image_root))
+        files = ", ".join(map(str, ann_files))
         if not self.refs:
-            raise AnnotationError(f"{', '.join(map(str, ann_files))}: no expression of REFER split "
-                                  f"{split!r} (by the refs file {refer.refs_file}).")
+            raise AnnotationError(f"{files}: no expression of REFER split {split!r} (by the refs "
+                                  f"file {refer.refs_file}).")
+        # every image checked now (exists, image header): a long run fails at its start
+        check_image_files(sorted(set(self.image_paths)), f"{split} images of {files}")
 
     def __len__(self) -> int:
         return len(self.refs)
