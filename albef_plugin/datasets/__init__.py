@@ -6,6 +6,8 @@ Registered builders (``registry.get_builder_class(name)``):
 - ``albef_retrieval_json``: official re_train (train) + re_eval (val / test)
 - ``demo_pretrain`` / ``synthetic_pretrain``: the same on the generated synthetic world
 - ``demo_retrieval`` / ``synthetic_retrieval``
+- ``albef_grounding_json``: RefCOCO+ grounding (official JSON + REFER refs / instances, dets);
+  ``demo_grounding`` / ``synthetic_grounding``: the same files of the synthetic world
 - ``albef_pretrain_shards`` / ``webdataset_pretrain``: pre-training from webdataset tar shards
 - ``demo_pretrain_shards`` / ``synthetic_pretrain_shards``: the synthetic world as shards
 - ``albef_ve_json`` / ``albef_nlvr2_json``: SNLI-VE / NLVR2 official JSON (train / val / test)
@@ -27,11 +29,14 @@ from albef_plugin.datasets.retrieval import RetrievalEvalDataset, RetrievalTrain
 from albef_plugin.datasets.shard_builders import DemoPretrainShardsBuilder, ShardsPretrainBuilder
 from albef_plugin.datasets.streams import SampleStream
 from albef_plugin.datasets.synthetic import DemoPretrainBuilder, DemoRetrievalBuilder
+from albef_plugin.datasets.grounding_builders import DemoGroundingBuilder, GroundingJsonBuilder
 from albef_plugin.datasets.ve_nlvr_builders import (DemoNLVR2Builder, DemoVEBuilder, NLVR2JsonBuilder,
                                                    VEJsonBuilder)
 from albef_plugin.datasets.vqa_builders import DemoVQABuilder, VQAJsonBuilder
 
 __all__ = [
+    "DemoGroundingBuilder",
+    "GroundingJsonBuilder",
     "BaseDatasetBuilder", "ProcessorSpec", "ProcessorsConfig", "SplitFilesConfig", "JsonDatasetConfig",
     "JsonImageTextBuilder", "PretrainJsonBuilder", "RetrievalJsonBuilder", "DemoPretrainBuilder",
     "DemoRetrievalBuilder", "PretrainDataset", "RetrievalTrainDataset", "RetrievalEvalDataset",

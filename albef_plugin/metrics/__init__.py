@@ -1,9 +1,11 @@
-"""Evaluation metrics. Importing this package registers ``retrieval``, ``accuracy`` and ``vqa``.
+"""Evaluation metrics. Importing this package registers ``retrieval``, ``accuracy``, ``vqa`` and
+``grounding``.
 
 The metric contract (``BaseMetric``, ``EvalContext``, ``evaluation.metrics`` entries) is in
 :mod:`albef_plugin.metrics.base`.
 """
 from albef_plugin.metrics.accuracy import AccuracyMetric
+from albef_plugin.metrics.grounding import GroundingMetric
 from albef_plugin.metrics.base import (BaseMetric, EvalContext, MetricSpec, ShardSampler, as_context,
                                        autocast_for, parse_metric_specs, to_device)
 from albef_plugin.metrics.retrieval import RECALL_KS, itm_eval, recall_at_k, retrieval_ranks
@@ -17,6 +19,7 @@ __all__ = [
     "BaseMetric",
     "EncodedRetrievalSet",
     "EvalContext",
+    "GroundingMetric",
     "MetricSpec",
     "RetrievalEvaluator",
     "RetrievalScores",

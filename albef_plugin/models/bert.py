@@ -13,6 +13,7 @@ they are checkpoint keys, so official and Hugging Face weights load without rena
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -144,6 +145,13 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(context_width, hidden_size)
         self.value = nn.Linear(context_width, hidden_size)
         self.dropout_p = dropout
+        # Grad-CAM: when True, attention runs through an explicit softmax(q k^T / sqrt(d)) and
+        # the probabilities [B, heads, Lq, Lk] are kept in ``attention_map`` (part of the autograd
+        # graph, so their gradient is torch.autograd.grad(score, attention_map)). Off by
+        # default: training and every other layer stay on scaled_dot_product_attention, which
+        # never materialises the map. See albef_plugin.inference.gradcam.
+        self.record_attention = False
+        self.attention_map: Optional[torch.Tensor] = None
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -156,12 +164,33 @@ class BertSelfAttention(nn.Module):
         query = self._split_heads(self.query(hidden))
         key = self._split_heads(self.key(context))
         value = self._split_heads(self.value(context))
-        out = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=mask,
-            dropout_p=self.dropout_p if self.training else 0.0,
-            is_causal=is_causal and mask is None)
+        if self.record_attention:
+            out = self._explicit_attention(query, key, value, mask, is_causal and mask is None)
+        else:
+            out = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=mask,
+                dropout_p=self.dropout_p if self.training else 0.0,
+                is_causal=is_causal and mask is None)
         batch, _, length, _ = out.shape
         return out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+
+    def _explicit_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            mask: Optional[torch.Tensor], is_causal: bool) -> torch.Tensor:
+        """What SDPA computes, with the probabilities kept in ``attention_map`` (Grad-CAM)."""
+        scores = query @ key.transpose(-2, -1) / math.sqrt(self.head_dim)
+        if is_causal:
+            q_len, k_len = scores.shape[-2:]
+            mask = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
+        if mask is not None:
+            if mask.dtype == torch.bool:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            else:
+                scores = scores + mask
+        probs = scores.softmax(dim=-1)
+        self.attention_map = probs
+        if self.training and self.dropout_p > 0:
+            probs = F.dropout(probs, self.dropout_p)
+        return probs @ value
 
 
 class BertAttention(nn.Module):

@@ -9,7 +9,9 @@ then match the official checkpoints with no prefix to strip. Attention runs thro
 """
 from __future__ import annotations
 
+import contextlib
 from functools import partial
+from typing import Iterator, List
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -62,3 +64,27 @@ class VisionEncoder(VisionTransformer):
                 f"{self.image_size}x{self.image_size}; resize in the image processor or set "
                 f"image_encoder.image_size.")
         return self.forward_features(image)
+
+    @contextlib.contextmanager
+    def record_attention(self, block: int) -> Iterator[List[torch.Tensor]]:
+        """Keep the self-attention probabilities ``[B, heads, 1+N, 1+N]`` of ``blocks[block]``.
+
+        Inside the context that block runs timm's explicit (non-fused) attention and every
+        forward appends its probabilities, still in the autograd graph, to the yielded list
+        (ITC Grad-CAM differentiates a score with respect to them). Every other block, and
+        this one outside the context, stays on scaled_dot_product_attention.
+        """
+        if not -len(self.blocks) <= block < len(self.blocks):
+            raise ValueError(f"ViT block {block} does not exist: the image encoder has "
+                             f"{len(self.blocks)} blocks (0..{len(self.blocks) - 1}).")
+        attn = self.blocks[block].attn
+        maps: List[torch.Tensor] = []
+        # the probabilities are the input of attn_drop in timm's explicit path (identity in eval)
+        handle = attn.attn_drop.register_forward_hook(lambda _m, inputs, _out: maps.append(inputs[0]))
+        fused = attn.fused_attn
+        attn.fused_attn = False
+        try:
+            yield maps
+        finally:
+            attn.fused_attn = fused
+            handle.remove()

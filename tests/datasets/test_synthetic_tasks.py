@@ -110,14 +110,25 @@ def test_snli_ve_labels_follow_the_scenes_and_every_template_carries_every_label
             == counts[(template, "contradiction")] > 0, counts
 
 
-def test_grounding_references_name_one_object(tiny_world, tmp_path):
+def test_grounding_files_follow_the_official_formats_and_name_one_object(tiny_world, tmp_path):
+    """REFER refs pickle + instances (boxes, sizes), dets / cocos keyed by image id."""
+    from albef_plugin.datasets.grounding import load_plain_pickle
+
     emit_grounding(load_scenes(tiny_world), tmp_path)
     by_image = _scenes_by_image(tiny_world)
-    test_refs = json.loads((tmp_path / "tasks" / "grounding_test.json").read_text())
-    dets = json.loads((tmp_path / "tasks" / "grounding_dets.json").read_text())
-    assert test_refs
-    for ref in test_refs:
-        assert ref["bbox"] in dets[ref["image"]]
-        colour, kind = ref["text"].split(" ")[1:]
-        match = [o for o in by_image[ref["image"]]["objects"] if (o["colour"], o["kind"]) == (colour, kind)]
-        assert len(match) == 1 and match[0]["bbox"] == ref["bbox"]
+    tasks = tmp_path / "tasks"
+    test_refs = json.loads((tasks / "grounding_test.json").read_text())
+    assert test_refs and all(set(r) == {"image", "text", "ref_id"} for r in test_refs)
+    assert all(set(r) == {"image", "text"} for r in json.loads((tasks / "grounding_train.json").read_text()))
+    refs = {r["ref_id"]: r for r in load_plain_pickle(tasks / "grounding_refs(unc).p")}
+    instances = json.loads((tasks / "grounding_instances.json").read_text())
+    boxes = {a["id"]: a["bbox"] for a in instances["annotations"]}
+    dets = json.loads((tasks / "grounding_dets.json").read_text())
+    assert {refs[r["ref_id"]]["split"] for r in test_refs} == {"testA", "testB"}
+    for row in test_refs:
+        ref = refs[row["ref_id"]]
+        box = boxes[ref["ann_id"]]
+        assert box in dets[str(ref["image_id"])]
+        colour, kind = row["text"].split(" ")[1:]
+        match = [o for o in by_image[row["image"]]["objects"] if (o["colour"], o["kind"]) == (colour, kind)]
+        assert len(match) == 1 and match[0]["bbox"] == box

@@ -9,7 +9,7 @@ each at least 20 points above the better image-blind baseline.
 Those targets are NOT reached at the budget CI affords (300 updates from the shared 500-update
 pretraining, measured: VE 46.6% and NLVR2 57.3% against image-blind 34.4% / 50.0%), so these
 tests assert what is reached with a safety margin: learning beyond the better image-blind
-baseline by MARGIN points. The accuracy and both baselines are printed for the record.
+baseline by the margin in TASKS. The accuracy and both baselines are printed for the record.
 """
 from __future__ import annotations
 

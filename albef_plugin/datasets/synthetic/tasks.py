@@ -22,13 +22,13 @@ import numpy as np
 from albef_plugin.datasets.synthetic.world import COLOURS, SHAPES, SPLIT_CODES
 
 __all__ = ["emit_vqa", "emit_nlvr2", "emit_snli_ve", "emit_grounding", "emit_all",
-           "NLVR2_TEMPLATES", "VE_TEMPLATES", "TASKS_VERSION", "ensure_task_files"]
+           "NLVR2_TEMPLATES", "VE_TEMPLATES", "TASKS_VERSION", "ensure_task_files", "GROUNDING_FILES"]
 
 Scenes = Sequence[Dict[str, Any]]
 _EMIT_STREAM = 7  # separates these draws from the scene generator's
 # Bump when any emitted file changes (templates, labels, pairing): files of an older version
 # are rewritten by ensure_task_files instead of being reused.
-TASKS_VERSION = 2
+TASKS_VERSION = 3  # 3: grounding files in the official REFER / ALBEF formats
 
 
 def _rng(scene: Dict[str, Any], task: int) -> np.random.Generator:
@@ -244,31 +244,77 @@ def emit_snli_ve(scenes: Scenes, world: Union[str, Path]) -> List[Path]:
 
 
 # ---------------------------------------------------------------- grounding
-def emit_grounding(scenes: Scenes, world: Union[str, Path]) -> List[Path]:
-    """Referring expressions for objects that are unique by colour and kind.
+# The files of the official ALBEF grounding evaluation, in their official formats. REFER's
+# testA / testB split RefCOCO+'s test images by content (people / other objects); the demo
+# world splits its test images by index parity instead (even: testA, odd: testB).
+GROUNDING_FILES = {"train": "grounding_train.json", "val": "grounding_val.json",
+                   "test": "grounding_test.json", "refs": "grounding_refs(unc).p",
+                   "instances": "grounding_instances.json", "dets": "grounding_dets.json",
+                   "cocos": "grounding_cocos.json"}
 
-    ``grounding_train.json``: ``{image, text}``; ``grounding_{val,test}.json``:
-    ``{image, text, ref_id, bbox: [x, y, w, h]}``; ``grounding_dets.json``: for every
-    image, the boxes of all its objects (perfect proposals, as dets.json provides).
+
+def _grounding_split(scene: Dict[str, Any]) -> str:
+    if scene["split"] != "test":
+        return scene["split"]
+    return "testA" if scene["index"] % 2 == 0 else "testB"
+
+
+def emit_grounding(scenes: Scenes, world: Union[str, Path]) -> List[Path]:
+    """Referring expressions ``the <colour> <kind>`` for objects unique by colour and kind.
+
+    Official formats (names prefixed ``grounding_``): ``train.json`` ``[{image, text}]``;
+    ``val.json`` / ``test.json`` ``[{image, text, ref_id}]`` (test holds testA and testB);
+    the REFER annotations ``refs(unc).p`` (a pickle of plain containers: ``[{ref_id, ann_id,
+    image_id, split, sentences: [{sent, raw, sent_id}], category_id, file_name}]``) and
+    ``instances.json`` (COCO style ``images`` with height / width, ``annotations`` with
+    ``bbox [x, y, w, h]``, ``categories``); ``dets.json`` and ``cocos.json``
+    (``{str(image_id): [[x, y, w, h], ...]}``): the candidate boxes, here the world's object
+    boxes in both (perfect proposals).
     """
+    import pickle  # writing plain containers only; readers use a restricted unpickler
+
     folder, written = Path(world) / "tasks", []
-    dets: Dict[str, List[List[int]]] = {}
-    ref_id = 0
-    for split, items in _by_split(scenes).items():
-        rows = []
-        for scene in items:
-            dets[scene["image"]] = [o["bbox"] for o in scene["objects"]]
-            counts = _pairs(scene)
-            for o in scene["objects"]:
-                if counts[(o["colour"], o["kind"])] != 1:
-                    continue  # ambiguous expression: skip
-                row = {"image": scene["image"], "text": f"the {o['colour']} {o['kind']}"}
-                if split != "train":
-                    row.update(ref_id=ref_id, bbox=o["bbox"])
-                    ref_id += 1
-                rows.append(row)
-        written.append(_write(folder, f"grounding_{split}.json", rows))
-    written.append(_write(folder, "grounding_dets.json", dets))
+    rows: Dict[str, List[Dict[str, Any]]] = {"train": [], "val": [], "test": []}
+    refs: List[Dict[str, Any]] = []
+    images: List[Dict[str, Any]] = []
+    annotations: List[Dict[str, Any]] = []
+    boxes: Dict[str, List[List[float]]] = {}
+    categories = {kind: i + 1 for i, kind in enumerate(SHAPES)}
+    for image_id, scene in enumerate(scenes):
+        images.append({"id": image_id, "file_name": scene["image"], "height": int(scene["height"]),
+                       "width": int(scene["width"])})
+        boxes[str(image_id)] = [[float(v) for v in o["bbox"]] for o in scene["objects"]]
+        counts = _pairs(scene)
+        split = _grounding_split(scene)
+        for o in scene["objects"]:
+            ann_id = len(annotations)
+            x, y, w, h = (float(v) for v in o["bbox"])
+            annotations.append({"id": ann_id, "image_id": image_id, "bbox": [x, y, w, h],
+                                "area": w * h, "category_id": categories[o["kind"]], "iscrowd": 0})
+            if counts[(o["colour"], o["kind"])] != 1:
+                continue  # ambiguous expression: skip
+            text = f"the {o['colour']} {o['kind']}"
+            if split == "train":
+                rows["train"].append({"image": scene["image"], "text": text})
+                continue
+            ref_id = len(refs)
+            refs.append({"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "split": split,
+                         "sentences": [{"sent": text, "raw": text, "sent_id": ref_id}],
+                         "sent_ids": [ref_id], "category_id": categories[o["kind"]],
+                         "file_name": scene["image"]})
+            rows["val" if split == "val" else "test"].append(
+                {"image": scene["image"], "text": text, "ref_id": ref_id})
+    for split, split_rows in rows.items():
+        written.append(_write(folder, GROUNDING_FILES[split], split_rows))
+    instances = {"images": images, "annotations": annotations,
+                 "categories": [{"id": i, "name": kind} for kind, i in categories.items()]}
+    written.append(_write(folder, GROUNDING_FILES["instances"], instances))
+    written.append(_write(folder, GROUNDING_FILES["dets"], boxes))
+    written.append(_write(folder, GROUNDING_FILES["cocos"], boxes))
+    refs_path = folder / GROUNDING_FILES["refs"]
+    with open(refs_path, "wb") as handle:
+        pickle.dump(refs, handle, protocol=2)
+    written.append(refs_path)
     return written
 
 
