@@ -7,7 +7,8 @@ Precedence, low to high:
 3. each dataset builder's defaults, likewise;
 4. the ``config=`` file, after the files it lists under ``includes:`` (paths relative to
    the including file; the including file wins);
-5. command-line ``key=value`` overrides.
+5. command-line ``key=value`` overrides; a key with a list index (e.g.
+   ``evaluation.metrics.0.params.k_test=16``) changes that element of the merged list.
 
 ``model=`` and ``datasets=`` may come from the command line or from the config file;
 plugins (``env.user_dir`` and the ``albef_plugin.plugins`` entry points) are imported
@@ -69,6 +70,37 @@ def parse_opts(opts: Sequence[str]) -> Tuple[Optional[str], List[str]]:
         else:
             dotlist.append(f"{key}={value}")
     return config_file, dotlist
+
+
+def _is_list_override(item: str) -> bool:
+    """``a.0.b=v``: a dotlist item that addresses a list element by index."""
+    return any(part.isdigit() for part in item.split("=", 1)[0].split("."))
+
+
+def _apply_list_overrides(cfg: DictConfig, items: Sequence[str]) -> None:
+    """Set ``a.0.b=v`` items on the merged config. They cannot be merged as a dotlist:
+    OmegaConf reads ``0`` there as a dict key, which does not merge into a list."""
+    for item in items:
+        key, value = item.split("=", 1)
+        parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"]))["value"]
+        parts = key.split(".")
+        node: Any = cfg
+        for depth, part in enumerate(parts[:-1]):
+            here = ".".join(parts[:depth + 1])
+            if isinstance(node, ListConfig):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"Cannot set {key!r} (from the command line): {here!r} is "
+                                      f"not an element of a list of {len(node)}; indices start at 0.")
+                node = node[int(part)]
+            elif isinstance(node, DictConfig) and part in node:
+                node = node[part]
+            else:
+                raise ConfigError(f"Unknown config key {here!r} (from the command line).")
+        try:
+            OmegaConf.update(cfg, key, parsed, merge=True)
+        except (OmegaConfBaseException, TypeError, ValueError, IndexError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"Cannot set {key!r} (from the command line): {first_line}") from None
 
 
 def _find_include(name: str, including_file: Path) -> Path:
@@ -153,8 +185,9 @@ def merge_checked(base: DictConfig, other: Any, source: str, path_prefix: str = 
         full_key = f"{path_prefix}{exc.full_key}"
         message = str(exc.msg).splitlines()[0]  # omegaconf appends full_key / object_type lines
         raise ConfigError(f"Invalid value for {full_key!r} (from {source}): {message}") from None
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"Cannot merge config from {source}: {exc}") from None
+    except (OmegaConfBaseException, TypeError) as exc:  # TypeError: a dict merged into a list
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"Cannot merge config from {source}: {first_line}") from None
 
 
 def _select(node: Optional[DictConfig], key: str) -> Any:
@@ -186,7 +219,8 @@ def build_config(opts: Optional[Sequence[str]] = None, *, import_plugins: bool =
             plugins first (tests that register their own components may pass False).
     """
     config_file, dotlist = parse_opts(list(opts or []))
-    overrides = OmegaConf.from_dotlist(dotlist)
+    list_overrides = [item for item in dotlist if _is_list_override(item)]
+    overrides = OmegaConf.from_dotlist([item for item in dotlist if item not in list_overrides])
     user = load_yaml(Path(config_file)) if config_file else OmegaConf.create()
     user_source = f"config file {config_file}" if config_file else "config file"
 
@@ -225,6 +259,7 @@ def build_config(opts: Optional[Sequence[str]] = None, *, import_plugins: bool =
     _check_component_keys(overrides, model_key, dataset_keys, "the command line")
     cfg = merge_checked(cfg, user, source=user_source)
     cfg = merge_checked(cfg, overrides, source="the command line")
+    _apply_list_overrides(cfg, list_overrides)
     cfg.model = model_key
     cfg.datasets = ",".join(dataset_keys)
     cfg.config = str(Path(config_file).resolve()) if config_file else None

@@ -170,3 +170,21 @@ def test_user_dir_plugin_registers_a_model(tmp_path):
     assert registry.get_model_class("user_dir_model").Config().size == 11
     with pytest.raises(ImportError, match="neither an existing path nor an importable module"):
         import_user_dir("no_such_plugin_module_xyz")
+
+
+DEMO_PRETRAIN = Path(__file__).resolve().parents[2] / "projects/albef/configs/demo/pretrain.yaml"
+
+
+def test_list_element_override_by_index():
+    cfg = build_config([f"config={DEMO_PRETRAIN}", "evaluation.metrics.0.params.k_test=3"])
+    assert cfg.evaluation.metrics[0].type == "retrieval"
+    assert cfg.evaluation.metrics[0].params.k_test == 3
+
+
+@pytest.mark.parametrize("opt, needle", [
+    ("evaluation.metrics.5.params.k_test=3", r"'evaluation.metrics.5' is not an element of a list of 1"),
+    ("evaluation.metrix.0.k_test=3", r"Unknown config key 'evaluation.metrix'"),
+])
+def test_bad_list_element_override_is_a_config_error(opt, needle):
+    with pytest.raises(ConfigError, match=needle):
+        build_config([f"config={DEMO_PRETRAIN}", opt])
