@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from typing import Any, ContextManager, Dict, List, Optional, Tuple
 
 import torch
@@ -407,8 +408,25 @@ class Trainer:
                 logger.info("training curves: %s", plot_training_curves(self.writer.path))
             except Exception:  # a plot must never hide the run's own error
                 logger.exception("could not draw the training curves")
+        if getattr(self, "is_main", False):
+            logger.info("peak resident memory: %s", peak_rss_text())
         detach_file_log(self._log_handler)
         self._log_handler = None
+
+
+def peak_rss_text() -> str:
+    """Peak RSS of this process and of its largest finished child (DataLoader workers).
+
+    ``ru_maxrss`` is in KiB on Linux (bytes on macOS); where ``resource`` is missing
+    (Windows) the figure is simply not known."""
+    try:
+        import resource
+    except ImportError:
+        return "unknown on this platform"
+    unit = 1024 if sys.platform != "darwin" else 1
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2 ** 20
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit / 2 ** 20
+    return f"{own:.0f} MiB (this process), {child:.0f} MiB (largest finished worker process)"
 
 
 def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
