@@ -32,7 +32,7 @@ from albef_plugin.datasets.images import ImageTextDataset, UnreadableImageError,
 from albef_plugin.processors.text import pre_question
 
 __all__ = ["VQATrainDataset", "VQAEvalDataset", "VQATrainCollate", "VQAEvalCollate",
-           "load_answer_list", "VG_ANSWER_WEIGHT", "VQA_SOURCES"]
+           "load_answer_list", "check_answer_list", "VG_ANSWER_WEIGHT", "VQA_SOURCES"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,19 +59,27 @@ def _read_json_list(path: Path, what: str) -> List[Any]:
 def load_answer_list(path: Union[str, Path]) -> List[str]:
     """``answer_list.json``: a non-empty list of distinct, non-empty strings."""
     path = Path(path)
-    answers = _read_json_list(path, "Answer list")
+    return check_answer_list(_read_json_list(path, "Answer list"), str(path))
+
+
+def check_answer_list(answers: Sequence[Any], source: str) -> List[str]:
+    """``answers`` as a list once checked to be non-empty, distinct, non-empty strings; an
+    error names ``source`` (the file, or what the list is) and the entry."""
+    if isinstance(answers, (str, bytes)) or not isinstance(answers, Sequence):
+        raise AnnotationError(f"{source}: the answer list must be a list of strings, got a "
+                              f"{type(answers).__name__}.")
     if not answers:
-        raise AnnotationError(f"{path}: the answer list is empty; it must list the candidate answers.")
+        raise AnnotationError(f"{source}: the answer list is empty; it must list the candidate answers.")
     seen: Set[str] = set()
     for index, answer in enumerate(answers):
         if not isinstance(answer, str) or not answer.strip():
-            raise AnnotationError(f"{path}: entry {index} is {answer!r}; every candidate answer "
+            raise AnnotationError(f"{source}: entry {index} is {answer!r}; every candidate answer "
                                   f"must be a non-empty string.")
         if answer in seen:
-            raise AnnotationError(f"{path}: entry {index} {answer!r} is listed twice; list each "
+            raise AnnotationError(f"{source}: entry {index} {answer!r} is listed twice; list each "
                                   f"candidate answer once.")
         seen.add(answer)
-    return answers
+    return list(answers)
 
 
 def _field(entry: Any, index: int, path: Path, name: str, description: str) -> Any:
