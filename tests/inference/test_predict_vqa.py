@@ -121,7 +121,7 @@ def test_each_bad_answer_list_is_named(files, tmp_path, capsys):
     missing = tmp_path / "nope.json"
     assert f"--answer-list {missing}: no such file" in _error(capsys, *base, "--answer-list", str(missing))
     for name, content, message in (("empty.json", "[]", "the answer list is empty"),
-                                   ("dict.json", '{"yes": 1}', "the top level must be a JSON list, got a dict"),
+                                   ("dict.json", '{"yes": 1}', "the top level must be a JSON list of candidate answers, got a dict"),
                                    ("numbers.json", '["yes", 3]', "entry 1 is 3; every candidate answer must be"),
                                    ("twice.json", '["yes", "yes"]', "entry 1 'yes' is listed twice"),
                                    ("broken.json", "[\"yes\",", "not valid JSON")):
