@@ -6,8 +6,10 @@
     python tools/predict.py --checkpoint CKPT --task retrieve --index photos_index/ --text "a red car" --rerank 16
     python tools/predict.py --checkpoint CKPT --task retrieve --index photos_index/ --image query.jpg
     python tools/predict.py --checkpoint CKPT --task gradcam --image dog.jpg --text "a dog" --out heatmaps/
+    python tools/predict.py --checkpoint weights/vqa.pth --task vqa --image dog.jpg \
+        --question "what is the dog doing?" --answer-list answer_list.json --k 128 --top-k 5
 
-CPU by default; ``--device cuda`` on a GPU machine.
+CPU by default; ``--device cuda`` on a GPU machine; ``--output FILE`` also writes the JSON.
 """
 import os
 import sys

@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 from albef_plugin.errors import UserError
 from albef_plugin.processors.text import pre_caption
 
-__all__ = ["AnnotationError", "load_annotations", "resolve_image_path",
+__all__ = ["AnnotationError", "load_annotations", "read_json_list", "resolve_image_path",
+           "check_object", "required_field", "bad_field",
            "PRETRAIN_FIELDS", "RE_TRAIN_FIELDS", "RE_EVAL_FIELDS"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -58,20 +59,39 @@ def _matches(value: Any, kind: str) -> bool:
     raise AssertionError(f"unknown field kind {kind!r}")
 
 
-def _check_entry(entry: Any, index: int, path: Path, fields: FieldSpec) -> None:
+def check_object(entry: Any, index: int, path: PathLike, expected: str) -> Dict[str, Any]:
+    """``entry`` when it is a JSON object; else an error naming the file, the entry and
+    ``expected`` (what the object should hold, e.g. ``"fields ['caption', 'image']"``)."""
     if not isinstance(entry, dict):
         raise AnnotationError(f"{path}: entry {index} is a {type(entry).__name__}, expected an "
-                              f"object with fields {sorted(fields)}.")
+                              f"object with {expected}.")
+    return entry
+
+
+def required_field(entry: Dict[str, Any], index: int, path: PathLike, name: str,
+                   description: str) -> Any:
+    """``entry[name]``; a missing field is an error naming it, ``description`` (what it should
+    be) and the fields the entry has."""
+    if name not in entry:
+        raise AnnotationError(f"{path}: entry {index} has no field {name!r} (expected "
+                              f"{description}); its fields are {sorted(entry)}.")
+    return entry[name]
+
+
+def bad_field(path: PathLike, index: int, name: str, value: Any, description: str) -> AnnotationError:
+    """The error for a field of the wrong type or value (its value shown, cut at 80 characters)."""
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return AnnotationError(f"{path}: entry {index} field {name!r} is {shown}; expected {description}.")
+
+
+def _check_entry(entry: Any, index: int, path: Path, fields: FieldSpec) -> None:
+    check_object(entry, index, path, f"fields {sorted(fields)}")
     for name, (kinds, description) in fields.items():
-        if name not in entry:
-            raise AnnotationError(f"{path}: entry {index} has no field {name!r} (expected "
-                                  f"{description}); its fields are {sorted(entry)}.")
-        if not any(_matches(entry[name], kind) for kind in kinds):
-            shown = repr(entry[name])
-            shown = shown if len(shown) <= 80 else shown[:77] + "..."
-            raise AnnotationError(f"{path}: entry {index} field {name!r} is {shown}; expected "
-                                  f"{description}.")
-        _check_not_empty(entry[name], name, index, path)
+        value = required_field(entry, index, path, name, description)
+        if not any(_matches(value, kind) for kind in kinds):
+            raise bad_field(path, index, name, value, description)
+        _check_not_empty(value, name, index, path)
 
 
 def _check_not_empty(value: Any, name: str, index: int, path: Path) -> None:
@@ -108,26 +128,33 @@ def load_annotations(files: Sequence[PathLike], fields: FieldSpec) -> List[Dict[
     entries: List[Dict[str, Any]] = []
     for file in files:
         path = Path(file)
-        if not path.is_file():
-            raise AnnotationError(f"Annotation file {path} does not exist. Check the path (relative "
-                                  f"paths are taken from the dataset's data_dir).")
-        try:
-            with open(path, encoding="utf-8") as handle:
-                data = json.load(handle)
-        except json.JSONDecodeError as exc:
-            raise AnnotationError(f"{path}: not valid JSON ({exc}).") from None
-        except UnicodeDecodeError as exc:
-            raise AnnotationError(
-                f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
-                f"JSON annotation files must be UTF-8: convert it, e.g. with "
-                f"`iconv -f latin1 -t utf-8`.") from None
-        if not isinstance(data, list):
-            raise AnnotationError(f"{path}: the top level must be a JSON list of entries, got a "
-                                  f"{type(data).__name__}.")
+        data = read_json_list(path)
         for index, entry in enumerate(data):
             _check_entry(entry, index, path, fields)
         entries.extend(data)
     return entries
+
+
+def read_json_list(path: Path, what: str = "Annotation file", items: str = "entries") -> List[Any]:
+    """The JSON list in ``path``; a missing file, invalid JSON or UTF-8, or another top level is
+    an error naming the file (``what``: the kind of file; ``items``: what the list holds)."""
+    if not path.is_file():
+        raise AnnotationError(f"{what} {path} does not exist. Check the path (relative paths are "
+                              f"taken from the dataset's data_dir).")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise AnnotationError(f"{path}: not valid JSON ({exc}).") from None
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            f"JSON annotation files must be UTF-8: convert it, e.g. with "
+            f"`iconv -f latin1 -t utf-8`.") from None
+    if not isinstance(data, list):
+        raise AnnotationError(f"{path}: the top level must be a JSON list of {items}, got a "
+                              f"{type(data).__name__}.")
+    return data
 
 
 def resolve_image_path(image: str, image_root: PathLike) -> str:

@@ -17,7 +17,6 @@ and counted, so the results file still answers every question.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
@@ -27,12 +26,13 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 import torch
 from torch.utils.data import Dataset
 
-from albef_plugin.datasets.annotations import AnnotationError, resolve_image_path
+from albef_plugin.datasets.annotations import (AnnotationError, bad_field, check_object,
+                                               read_json_list, required_field, resolve_image_path)
 from albef_plugin.datasets.images import ImageTextDataset, UnreadableImageError, read_rgb
 from albef_plugin.processors.text import pre_question
 
 __all__ = ["VQATrainDataset", "VQAEvalDataset", "VQATrainCollate", "VQAEvalCollate",
-           "load_answer_list", "VG_ANSWER_WEIGHT", "VQA_SOURCES"]
+           "load_answer_list", "check_answer_list", "VG_ANSWER_WEIGHT", "VQA_SOURCES"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,69 +41,51 @@ VG_ANSWER_WEIGHT = 0.5          # official weight of a Visual Genome answer
 VQA_SOURCES = ("vqa", "vg")     # the "dataset" field: which image root the image is under
 
 
-def _read_json_list(path: Path, what: str) -> List[Any]:
-    if not path.is_file():
-        raise AnnotationError(f"{what} {path} does not exist. Check the path (relative paths are "
-                              f"taken from the dataset's data_dir).")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AnnotationError(f"{path}: not valid JSON ({exc}).") from None
-    if not isinstance(data, list):
-        raise AnnotationError(f"{path}: the top level must be a JSON list, got a "
-                              f"{type(data).__name__}.")
-    return data
-
-
 def load_answer_list(path: Union[str, Path]) -> List[str]:
     """``answer_list.json``: a non-empty list of distinct, non-empty strings."""
     path = Path(path)
-    answers = _read_json_list(path, "Answer list")
+    return check_answer_list(read_json_list(path, "Answer list", "candidate answers"), str(path))
+
+
+def check_answer_list(answers: Sequence[Any], source: str) -> List[str]:
+    """``answers`` as a list once checked to be non-empty, distinct, non-empty strings; an
+    error names ``source`` (the file, or what the list is) and the entry."""
+    if isinstance(answers, (str, bytes)) or not isinstance(answers, Sequence):
+        raise AnnotationError(f"{source}: the answer list must be a list of strings, got a "
+                              f"{type(answers).__name__}.")
     if not answers:
-        raise AnnotationError(f"{path}: the answer list is empty; it must list the candidate answers.")
+        raise AnnotationError(f"{source}: the answer list is empty; it must list the candidate answers.")
     seen: Set[str] = set()
     for index, answer in enumerate(answers):
         if not isinstance(answer, str) or not answer.strip():
-            raise AnnotationError(f"{path}: entry {index} is {answer!r}; every candidate answer "
+            raise AnnotationError(f"{source}: entry {index} is {answer!r}; every candidate answer "
                                   f"must be a non-empty string.")
         if answer in seen:
-            raise AnnotationError(f"{path}: entry {index} {answer!r} is listed twice; list each "
+            raise AnnotationError(f"{source}: entry {index} {answer!r} is listed twice; list each "
                                   f"candidate answer once.")
         seen.add(answer)
-    return answers
+    return list(answers)
 
 
 def _field(entry: Any, index: int, path: Path, name: str, description: str) -> Any:
-    if not isinstance(entry, dict):
-        raise AnnotationError(f"{path}: entry {index} is a {type(entry).__name__}, expected an "
-                              f"object with question, image, dataset (and answer to train).")
-    if name not in entry:
-        raise AnnotationError(f"{path}: entry {index} has no field {name!r} (expected "
-                              f"{description}); its fields are {sorted(entry)}.")
-    return entry[name]
-
-
-def _bad(path: Path, index: int, name: str, value: Any, description: str) -> AnnotationError:
-    shown = repr(value)
-    shown = shown if len(shown) <= 80 else shown[:77] + "..."
-    return AnnotationError(f"{path}: entry {index} field {name!r} is {shown}; expected {description}.")
+    entry = check_object(entry, index, path, "question, image, dataset (and answer to train)")
+    return required_field(entry, index, path, name, description)
 
 
 def _source(entry: Dict[str, Any], index: int, path: Path) -> str:
     source = entry.get("dataset", "vqa")
     if source not in VQA_SOURCES:
-        raise _bad(path, index, "dataset", source, "'vqa' or 'vg' (which image root to use)")
+        raise bad_field(path, index, "dataset", source, "'vqa' or 'vg' (which image root to use)")
     return source
 
 
 def _question(entry: Any, index: int, path: Path) -> str:
     question = _field(entry, index, path, "question", "the question string")
     if not isinstance(question, str) or not question.strip():
-        raise _bad(path, index, "question", question, "a non-empty question string")
+        raise bad_field(path, index, "question", question, "a non-empty question string")
     image = _field(entry, index, path, "image", "an image path relative to the image root")
     if not isinstance(image, str) or not image:
-        raise _bad(path, index, "image", image, "an image path relative to the image root")
+        raise bad_field(path, index, "image", image, "an image path relative to the image root")
     return question
 
 
@@ -115,7 +97,7 @@ def weighted_answers(entry: Dict[str, Any], index: int, path: Path) -> Tuple[Lis
     if source == "vg" and isinstance(answer, str):
         answer = [answer]
     if not isinstance(answer, list) or not all(isinstance(a, str) and a for a in answer):
-        raise _bad(path, index, "answer", answer, "a list of answer strings (VQA) or one answer "
+        raise bad_field(path, index, "answer", answer, "a list of answer strings (VQA) or one answer "
                                                   "string (VG)")
     if not answer:
         raise AnnotationError(f"{path}: training question {index} ({entry['question']!r}) has no "
@@ -150,7 +132,7 @@ class VQATrainDataset(ImageTextDataset):
         self.weights: List[List[float]] = []
         for file in ann_files:
             path = Path(file)
-            for index, entry in enumerate(_read_json_list(path, "VQA annotation file")):
+            for index, entry in enumerate(read_json_list(path, "VQA annotation file")):
                 question = _question(entry, index, path)
                 answers, weights = weighted_answers(entry, index, path)
                 root = image_roots[_source(entry, index, path)]
@@ -194,11 +176,11 @@ class VQAEvalDataset(Dataset):
         seen: Dict[Any, str] = {}
         for file in ann_files:
             path = Path(file)
-            for index, entry in enumerate(_read_json_list(path, "VQA annotation file")):
+            for index, entry in enumerate(read_json_list(path, "VQA annotation file")):
                 question = _question(entry, index, path)
                 qid = _field(entry, index, path, "question_id", "the question's id (the results key)")
                 if not isinstance(qid, (int, str)) or isinstance(qid, bool):
-                    raise _bad(path, index, "question_id", qid, "an integer or string id")
+                    raise bad_field(path, index, "question_id", qid, "an integer or string id")
                 if qid in seen:
                     raise AnnotationError(f"{path}: entry {index} repeats question_id {qid!r} (first "
                                           f"in {seen[qid]}); question ids must be unique.")
@@ -208,7 +190,7 @@ class VQAEvalDataset(Dataset):
                     answer = [answer]
                 if answer is not None and (not isinstance(answer, list) or not answer
                                            or not all(isinstance(a, str) for a in answer)):
-                    raise _bad(path, index, "answer", answer, "a non-empty list of answer strings "
+                    raise bad_field(path, index, "answer", answer, "a non-empty list of answer strings "
                                                               "(or no answer field)")
                 root = image_roots[_source(entry, index, path)]
                 self.image_paths.append(resolve_image_path(entry["image"], root))

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, List
+from typing import Any, Callable, ClassVar, Dict, List, Optional
 
 from torch.utils.data import Dataset
 
-from albef_plugin.datasets.base import (BaseDatasetBuilder, ProcessorsConfig, ProcessorSpec,
-                                        SplitFilesConfig)
-from albef_plugin.datasets.images import ON_UNREADABLE_CHOICES
+from albef_plugin.datasets.base import ProcessorsConfig, ProcessorSpec, SplitFilesConfig
+from albef_plugin.datasets.builders import JsonImageTextBuilder
 from albef_plugin.datasets.synthetic.builders import SyntheticWorldConfig, _SyntheticWorldMixin
 from albef_plugin.datasets.vqa import (VQAEvalCollate, VQAEvalDataset, VQATrainCollate,
                                        VQATrainDataset, load_answer_list)
@@ -71,18 +70,19 @@ class VQADatasetConfig:
 
 
 @registry.register_builder("albef_vqa_json")
-class VQAJsonBuilder(BaseDatasetBuilder):
-    """VQA fine-tuning and evaluation on the official JSON files (see the module docstring)."""
+class VQAJsonBuilder(JsonImageTextBuilder):
+    """VQA fine-tuning and evaluation on the official JSON files (see the module docstring).
+
+    The JSON builders' base gives the ``on_unreadable`` check, the image processors, the image
+    root and the annotation files; the question tokenizer is its ``processors.text``.
+    """
 
     name: ClassVar[str] = "albef_vqa_json"
     Config = VQADatasetConfig
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
-        if config.on_unreadable not in ON_UNREADABLE_CHOICES:
-            raise ValueError(f"{self.config_key('on_unreadable')}={config.on_unreadable!r}; choose "
-                             f"one of {', '.join(ON_UNREADABLE_CHOICES)}.")
-        self._processors: Dict[str, Any] = {}
+        self._answer_processor: Optional[Any] = None
 
     def splits(self) -> Dict[str, str]:
         return {"train": "train", **{split: split for split in ("val", "test")
@@ -92,40 +92,20 @@ class VQAJsonBuilder(BaseDatasetBuilder):
         return bool(list(self.config.annotations[split]))
 
     # ------------------------------------------------------------ processors
-    def _processor(self, key: str, **overrides: Any) -> Any:
-        if key not in self._processors:
-            self._processors[key] = build_processor(self.config.processors[key],
-                                                    where=self.config_key(f"processors.{key}"),
-                                                    **overrides)
-        return self._processors[key]
-
     @property
     def question_processor(self) -> Any:
-        return self._processor("text")
+        return self.text_processor
 
     @property
     def answer_processor(self) -> Any:
-        return self._processor("answer")
-
-    def image_processor(self, split: str) -> Any:
-        key = "train_image" if self.split_role(split) == "train" else "eval_image"
-        return build_processor(self.config.processors[key], where=self.config_key(f"processors.{key}"),
-                               image_size=int(self.config.image_size))
+        if self._answer_processor is None:
+            self._answer_processor = build_processor(self.config.processors.answer,
+                                                     where=self.config_key("processors.answer"))
+        return self._answer_processor
 
     # ----------------------------------------------------------------- paths
-    def image_root(self) -> str:
-        return self.resolve_path(self.config.image_root)
-
     def image_roots(self) -> Dict[str, str]:
         return {"vqa": self.image_root(), "vg": self.resolve_path(self.config.vg_image_root)}
-
-    def annotation_files(self, split: str) -> List[str]:
-        files = list(self.config.annotations[self.check_split(split)])
-        if not files:
-            raise ValueError(f"{self.config_key(f'annotations.{split}')} lists no annotation files; "
-                             f"set it to one or more JSON files (relative to data_dir="
-                             f"{self.config.data_dir!r}) to use the {split!r} split.")
-        return [self.resolve_path(f) for f in files]
 
     def answer_list_file(self) -> str:
         return self.resolve_path(self.config.answer_list)

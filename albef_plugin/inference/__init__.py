@@ -77,7 +77,8 @@ def overrides_for_checkpoint(contents: CheckpointContents,
     Paths of weights to load at construction (``checkpoint``, ``*.pretrained``) are removed."""
     stored = contents.metadata.get("model_config")
     # ours: the config that built it; official files carry none: read sizes off the tensors
-    base = _without_weight_paths(stored) if stored else infer_albef_overrides(contents.state_dict)
+    base = (_without_weight_paths(stored) if stored
+            else infer_albef_overrides(contents.state_dict, contents.source))
     return _merge(base, _without_weight_paths(overrides or {}))
 
 

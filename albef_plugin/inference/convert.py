@@ -39,13 +39,16 @@ def _count_layers(state: Mapping[str, torch.Tensor], pattern: str) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def infer_albef_overrides(state: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+def infer_albef_overrides(state: Mapping[str, torch.Tensor],
+                          source: str = "the checkpoint") -> Dict[str, Any]:
     """ALBEF model-config overrides read from an official-layout / own state dict.
 
     Reads the image size (from the position-embedding grid and the patch size), widths,
     depths, the vocabulary, ``fusion_layer`` (the first layer with cross-attention), the
     projection size and the queue size. Head counts follow :data:`HEAD_DIM`; pass them as
-    overrides for models with other head sizes.
+    overrides for models with other head sizes. A VQA answer decoder (``text_decoder.*``)
+    must have ``num_hidden_layers - fusion_layer`` layers, the only depth ``albef_vqa``
+    builds; another depth is a :class:`CheckpointError` naming ``source``.
     """
     image: Dict[str, Any] = {}
     text: Dict[str, Any] = {}
@@ -74,6 +77,7 @@ def infer_albef_overrides(state: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
         text.update(vocab_size=int(words.shape[0]), hidden_size=hidden,
                     num_attention_heads=max(1, hidden // HEAD_DIM), num_hidden_layers=layers,
                     fusion_layer=min(fusion) if fusion else layers)
+        _check_decoder_depth(state, layers, text["fusion_layer"], source)
         for key, name in (("embeddings.position_embeddings.weight", "max_position_embeddings"),
                           ("embeddings.token_type_embeddings.weight", "type_vocab_size"),
                           ("encoder.layer.0.intermediate.dense.weight", "intermediate_size")):
@@ -88,6 +92,20 @@ def infer_albef_overrides(state: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
     if text:
         overrides["text_encoder"] = text
     return overrides
+
+
+def _check_decoder_depth(state: Mapping[str, torch.Tensor], layers: int, fusion_layer: int,
+                         source: str) -> None:
+    """A VQA answer decoder's depth is not a config key: ``albef_vqa`` builds
+    ``num_hidden_layers - fusion_layer`` decoder layers (6 at paper size, as the official
+    code), so a file with another depth cannot be rebuilt; say so before the load fails."""
+    decoder = _count_layers(state, r"^text_decoder\.bert\.encoder\.layer\.(\d+)\.")
+    if decoder and decoder != layers - fusion_layer:
+        raise CheckpointError(
+            f"{source}: the answer decoder (text_decoder.*) has {decoder} layers but the question "
+            f"encoder has {layers} layers with fusion from layer {fusion_layer}; albef_vqa builds "
+            f"num_hidden_layers - fusion_layer = {layers - fusion_layer} decoder layers, so this "
+            f"file cannot be rebuilt. Check that it is a complete VQA checkpoint.")
 
 
 def _unique_tensors(model: nn.Module) -> Dict[str, torch.Tensor]:

@@ -9,12 +9,17 @@ VQA answers and Grad-CAM heat-maps, from Python or ``tools/predict.py``.
     predictor.search_image("photos_index/", "query.jpg", top_k=5)
     predictor.gradcam("dog.jpg", "a dog on the grass", "heatmaps/")   # PNG per word + sentence
 
+    vqa = Predictor("weights/vqa.pth", task="vqa")             # refuses a non-VQA checkpoint early
+    vqa.vqa(["dog.jpg"], ["what is on the grass?"], "answer_list.json", k=128, top_k=5)
+    # [{image, question, answers: [{answer, score}, ...]}]
+
 The checkpoint may be an official ALBEF file (a config-less ``.pth``: sizes inferred from its
 tensors), one of this project's trainer checkpoints or a converted folder. Every user error is
 a :class:`PredictError` naming the file or argument.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import re
@@ -28,7 +33,7 @@ from PIL import Image
 
 from albef_plugin.errors import UserError
 
-__all__ = ["Predictor", "PredictError", "IMAGE_SUFFIXES", "checkpoint_hash"]
+__all__ = ["Predictor", "PredictError", "IMAGE_SUFFIXES", "checkpoint_hash", "read_answer_list"]
 
 PathLike = Union[str, Path]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -52,6 +57,29 @@ def checkpoint_hash(path: PathLike) -> str:
     return digest.hexdigest()
 
 
+# what each registered model was trained for, in the words of the error messages
+_TASK_OF_MODEL = {"albef_pretrain": "pretraining", "albef_retrieval": "retrieval",
+                  "albef_grounding": "grounding (RefCOCO+)", "albef_ve": "SNLI-VE",
+                  "albef_nlvr": "NLVR2", "albef_nlvr_ta": "NLVR2 text-assignment pretraining",
+                  "albef_vqa": "VQA"}
+
+
+def _task_of_checkpoint(contents: Any, model_name: str) -> str:
+    """The task a checkpoint looks trained for: its stored model name (ours), else its heads."""
+    stored = contents.metadata.get("model")
+    if stored:
+        return _TASK_OF_MODEL.get(str(stored), str(stored))
+    state = contents.state_dict
+    if "ta_head.weight" in state:
+        return _TASK_OF_MODEL["albef_nlvr_ta"]
+    head = state.get("cls_head.2.weight")
+    if head is not None:  # the classifier's output size: 3 classes for VE, 2 for NLVR2
+        return _TASK_OF_MODEL["albef_nlvr" if head.shape[0] == 2 else "albef_ve"]
+    if model_name == "albef_retrieval":
+        return "retrieval or grounding"  # mscoco.pth, flickr30k.pth and refcoco.pth look alike
+    return _TASK_OF_MODEL.get(model_name, model_name)
+
+
 def _model_name_for(contents: Any) -> str:
     """The registered model for a checkpoint: the stored name (ours), else from the layout."""
     from albef_plugin.models.checkpoints.filters import LAYOUT_TEXT_WITH_MLM_HEAD, text_encoder_layout
@@ -67,6 +95,23 @@ def _model_name_for(contents: Any) -> str:
     return "albef_retrieval"  # mscoco.pth / flickr30k.pth / refcoco.pth: same modules
 
 
+def read_answer_list(answers: Union[PathLike, Sequence[str]]) -> List[str]:
+    """The VQA candidates: an ``answer_list.json`` file (official format: a JSON list of
+    distinct non-empty strings) or such a list; a :class:`PredictError` names what is wrong."""
+    from albef_plugin.datasets.annotations import AnnotationError
+    from albef_plugin.datasets.vqa import check_answer_list, load_answer_list
+
+    if isinstance(answers, (str, Path)) and not Path(answers).is_file():
+        raise PredictError(f"--answer-list {answers}: no such file; give answer_list.json, a "
+                           f"JSON list of the candidate answers.")
+    try:
+        if isinstance(answers, (str, Path)):
+            return load_answer_list(answers)
+        return check_answer_list(answers, "answer_list")
+    except AnnotationError as exc:
+        raise PredictError(f"--answer-list {exc}") from None
+
+
 class Predictor:
     """A model and its processors, loaded once, with the prediction tasks as methods.
 
@@ -75,10 +120,13 @@ class Predictor:
         device: ``cpu`` (default) or ``cuda`` / ``cuda:N``.
         model: registered model name; None = from the checkpoint (see :func:`_model_name_for`).
         overrides: model-config overrides (e.g. head counts of non-standard sizes).
+        task: the task it will run (``itm``, ``retrieve``, ``gradcam`` or ``vqa``), to refuse a
+            checkpoint of another task before the model is built; None = checked per call.
     """
 
     def __init__(self, checkpoint: PathLike, device: str = "cpu", model: Optional[str] = None,
-                 overrides: Optional[Dict[str, Any]] = None, allow_unsafe_pickle: bool = False) -> None:
+                 overrides: Optional[Dict[str, Any]] = None, allow_unsafe_pickle: bool = False,
+                 task: Optional[str] = None) -> None:
         from albef_plugin.inference import load_model_and_preprocess
         from albef_plugin.models.checkpoints import read_checkpoint
 
@@ -89,10 +137,38 @@ class Predictor:
             raise PredictError(f"--device {device}: CUDA is not available on this machine; use cpu.")
         contents = read_checkpoint(self.checkpoint, allow_unsafe_pickle)
         self.model_name = model or _model_name_for(contents)
+        self.checkpoint_task = _task_of_checkpoint(contents, self.model_name)
+        if task == "vqa" and model is None and self.model_name != "albef_vqa":
+            # before building: a VE / NLVR2 file would fail to load as the guessed model
+            raise self._wrong_task("vqa")
         self.model, self.image_processor, self.text_processor = load_model_and_preprocess(
             self.model_name, contents, device=device, overrides=overrides)
         self.device = torch.device(device)
         self._hash: Optional[str] = None
+        if task is not None:
+            self.check_task(task)
+
+    def check_task(self, task: str) -> None:
+        """Raise a :class:`PredictError` unless the model has what ``task`` reads: the answer
+        decoder (``vqa``) or the ITC projections and ITM head (``itm``, ``retrieve``, ``gradcam``)."""
+        if task == "vqa":
+            ready = hasattr(self.model, "rank_answer")
+        else:
+            ready = all(hasattr(self.model, name) for name in ("itm_head", "vision_proj", "text_proj"))
+        if not ready:
+            raise self._wrong_task(task)
+
+    def _wrong_task(self, task: str) -> PredictError:
+        if task == "vqa":
+            return PredictError(
+                f"--checkpoint {self.checkpoint} is not a VQA checkpoint: it looks like one for "
+                f"{self.checkpoint_task} (no answer decoder text_decoder.*). --task vqa needs "
+                f"albef_vqa weights: the official vqa.pth or a checkpoint of a VQA training run.")
+        return PredictError(
+            f"--checkpoint {self.checkpoint} looks like a checkpoint for {self.checkpoint_task} "
+            f"({self.model_name}): it has no ITC projections / ITM head, which --task {task} reads. "
+            + ("Use --task vqa with it." if self.model_name == "albef_vqa" else
+               "Use a pretraining, retrieval or grounding checkpoint."))
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -123,6 +199,7 @@ class Predictor:
     @torch.no_grad()
     def itm(self, images: Sequence[PathLike], texts: Sequence[str]) -> List[Dict[str, Any]]:
         """Every (image, text) pair: ITM match probability and ITC cosine similarity."""
+        self.check_task("itm")
         if not images:
             raise PredictError("--image: give at least one image.")
         tokens = self._texts(texts)
@@ -146,6 +223,7 @@ class Predictor:
         (``features.safetensors`` + ``index.json`` with the paths and the checkpoint hash)."""
         from safetensors.torch import save_file
 
+        self.check_task("retrieve")
         folder = Path(folder)
         if not folder.is_dir():
             raise PredictError(f"--images {folder}: not a folder.")
@@ -184,6 +262,7 @@ class Predictor:
                     rerank: int = 0) -> List[Dict[str, Any]]:
         """Images of the index ranked by ITC similarity to ``query``; with ``rerank`` K the top
         K are re-ranked by ITM match probability (their images re-encoded)."""
+        self.check_task("retrieve")
         index = self.load_index(index_dir)
         tokens = self._texts([query])
         text_embeds, text_feat = self.model.encode_text(tokens["input_ids"], tokens["attention_mask"])
@@ -204,6 +283,7 @@ class Predictor:
     @torch.no_grad()
     def search_image(self, index_dir: PathLike, image: PathLike, top_k: int = 5) -> List[Dict[str, Any]]:
         """Images of the index ranked by ITC image-feature similarity to ``image``."""
+        self.check_task("retrieve")
         index = self.load_index(index_dir)
         _, feat = self.model.encode_image(self._images([image]))
         sims = index["image_feat"] @ feat[0].float()
@@ -211,13 +291,44 @@ class Predictor:
         return [{"path": index["paths"][i], "similarity": float(sims[i])} for i in order]
 
     # ----------------------------------------------------------------------- vqa
-    def vqa(self, image: PathLike, questions: Sequence[str]) -> List[Dict[str, Any]]:
-        """VQA answers: not available yet (the ``albef_vqa`` model and its ``rank_answer`` are
-        not part of this build); always a clear error naming the task."""
-        raise PredictError(f"--task vqa is not available in this build: it needs the albef_vqa "
-                           f"model (rank_answer over an answer list), which is not wired into "
-                           f"tools/predict.py yet. Use --task itm, retrieve or gradcam with "
-                           f"{self.checkpoint}.")
+    def vqa(self, images: Union[PathLike, Sequence[PathLike]], questions: Union[str, Sequence[str]],
+            answer_list: Union[PathLike, Sequence[str]], k: int = 128,
+            top_k: int = 5) -> List[Dict[str, Any]]:
+        """Every (image, question) pair answered from ``answer_list`` by the model's
+        ``rank_answer`` (:class:`VQAAnswerer`): the ``k`` candidates with the most probable
+        first token are scored by the decoder (k is capped at the list size).
+
+        Args:
+            images: an image file or several; questions: one question or several.
+            answer_list: an ``answer_list.json`` file (a JSON list of strings) or the list itself.
+            k: candidates re-ranked per question (official 128).
+            top_k: answers kept per question (at most ``min(k, len(answer_list))``).
+
+        Returns:
+            ``[{image, question, answers: [{answer, score}, ...]}]``, image-major, answers best
+            first; ``score`` is the softmax of the ranking scores over the k candidates.
+        """
+        from albef_plugin.models.albef.vqa import VQAAnswerer
+
+        self.check_task("vqa")
+        images = [images] if isinstance(images, (str, Path)) else list(images)
+        questions = [questions] if isinstance(questions, str) else list(questions)
+        if not images:
+            raise PredictError("--image: give at least one image.")
+        if not questions or any(not isinstance(q, str) or not q.strip() for q in questions):
+            raise PredictError("--question: give at least one non-empty question.")
+        if k < 1 or top_k < 1:
+            raise PredictError(f"--k {k} and --top-k {top_k} must be >= 1.")
+        answerer = VQAAnswerer(self.model, read_answer_list(answer_list), k=k,
+                               image_processor=self.image_processor)
+        pictures = [self.load_image(path) for path in images]  # every file checked first
+        rows = []
+        for path, pil in zip(images, pictures):
+            ranked = answerer.answer_batch([pil] * len(questions), questions, top=top_k)
+            rows += [{"image": str(path), "question": question,
+                      "answers": [{"answer": a, "score": p} for a, p in answers]}
+                     for question, answers in zip(questions, ranked)]
+        return rows
 
     # ------------------------------------------------------------------- gradcam
     def gradcam_layer(self) -> int:
@@ -242,6 +353,7 @@ class Predictor:
         ``itc``: a ViT block's self-attention (``layer``: block index), sentence map only."""
         from albef_plugin.inference.gradcam import itc_gradcam, itm_gradcam
 
+        self.check_task("gradcam")
         if mode not in ("itm", "itc"):
             raise PredictError(f"--gradcam-mode {mode!r}: choose itm or itc.")
         pil = self.load_image(image)
@@ -286,9 +398,7 @@ def _write_overlay(image: Image.Image, heatmap: torch.Tensor, path: Path, alpha:
 
 
 # -------------------------------------------------------------------------- command line
-def _parser() -> "argparse.ArgumentParser":
-    import argparse
-
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tools/predict.py", description="Image-text matching, retrieval, VQA and Grad-CAM "
         "heat-maps with a trained ALBEF (official .pth, trainer .ckpt or converted folder).")
@@ -298,10 +408,16 @@ def _parser() -> "argparse.ArgumentParser":
     parser.add_argument("--model", default=None, help="registered model name (default: from the checkpoint)")
     parser.add_argument("--image", nargs="+", default=[], help="image file(s)")
     parser.add_argument("--text", nargs="+", default=[], help="text(s) / the retrieval query")
-    parser.add_argument("--question", nargs="+", default=[], help="VQA question(s)")
+    parser.add_argument("--question", nargs="+", default=[],
+                        help="vqa: question(s), each asked of every --image")
+    parser.add_argument("--answer-list", default=None,
+                        help="vqa: answer_list.json, the candidate answers (a JSON list of strings)")
+    parser.add_argument("--k", type=int, default=128,
+                        help="vqa: candidates the decoder re-ranks (official 128; at most the list size)")
     parser.add_argument("--images", default=None, help="retrieve: folder of images to index")
     parser.add_argument("--index", default=None, help="retrieve: index folder (built with --images)")
-    parser.add_argument("--top-k", type=int, default=5, help="retrieve: results to print")
+    parser.add_argument("--top-k", type=int, default=5,
+                        help="retrieve: results to print; vqa: answers per question")
     parser.add_argument("--rerank", type=int, default=0, help="retrieve: re-rank the top K by ITM")
     parser.add_argument("--out", default=None, help="gradcam: output folder of the PNGs")
     parser.add_argument("--gradcam-mode", default="itm", choices=["itm", "itc"],
@@ -309,6 +425,7 @@ def _parser() -> "argparse.ArgumentParser":
     parser.add_argument("--layer", type=int, default=None,
                         help="gradcam: text/fusion layer in itm mode (default: the model's, else "
                              "fusion_layer + 2), ViT block in itc mode")
+    parser.add_argument("--output", default=None, help="also write the printed JSON to this file")
     return parser
 
 
@@ -321,11 +438,18 @@ def run_task(args: Any) -> Any:
 
     if args.top_k < 1 or args.rerank < 0:
         raise PredictError(f"--top-k {args.top_k} must be >= 1 and --rerank {args.rerank} >= 0.")
-    predictor = Predictor(args.checkpoint, device=args.device, model=args.model)
+    if args.task == "vqa":  # the flags and the answer list first: no model built for nothing
+        images = need(args.image, "--image FILE [FILE ...]")
+        questions = need(args.question, "--question TEXT [TEXT ...]")
+        answer_list = read_answer_list(need(args.answer_list, "--answer-list answer_list.json "
+                                                             "(a JSON list of the candidate answers)"))
+        if args.k < 1:
+            raise PredictError(f"--k {args.k} must be >= 1.")
+    predictor = Predictor(args.checkpoint, device=args.device, model=args.model, task=args.task)
     if args.task == "itm":
         return predictor.itm(need(args.image, "--image FILE [FILE ...]"), need(args.text, "--text TEXT [TEXT ...]"))
     if args.task == "vqa":
-        return predictor.vqa(need(args.image, "--image FILE")[0], need(args.question, "--question TEXT"))
+        return predictor.vqa(images, questions, answer_list, k=args.k, top_k=args.top_k)
     if args.task == "gradcam":
         image = need(args.image, "--image FILE")
         if len(image) != 1 or len(need(args.text, "--text TEXT")) != 1:
@@ -348,7 +472,8 @@ def run_task(args: Any) -> Any:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``tools/predict.py``: prints the result as JSON; a user error is one ``error:`` line, exit 2."""
+    """``tools/predict.py``: prints the result as JSON (and writes it to ``--output``); a user
+    error is one ``error:`` line, exit 2."""
     import sys
 
     from albef_plugin.errors import USER_ERROR_EXIT_CODE
@@ -356,8 +481,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         result = run_task(args)
+        text = json.dumps(result, indent=1)
+        if args.output:
+            _write_output(Path(args.output), text)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
-    print(json.dumps(result, indent=1))
+    print(text)
     return 0
+
+
+def _write_output(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    except OSError as exc:
+        raise PredictError(f"--output {path}: cannot write it ({exc.strerror or exc}).") from None

@@ -112,8 +112,8 @@ def test_command_line_prints_json_and_names_bad_input(files, tmp_path, capsys):
         "--checkpoint", ckpt, "--task", "itm", "--image", str(files["root"] / "broken.jpg"), "--text", "x")
     assert "no image files" in error("--checkpoint", ckpt, "--task", "retrieve", "--images",
                                      str(files["root"] / "empty"), "--index", str(tmp_path / "i"))
-    assert "--task vqa is not available" in error("--checkpoint", ckpt, "--task", "vqa", "--image",
-                                                  f"{photos}/a.jpg", "--question", "what colour")
+    assert "--task vqa needs --answer-list" in error("--checkpoint", ckpt, "--task", "vqa", "--image",
+                                                     f"{photos}/a.jpg", "--question", "what colour")
     assert "needs --out FOLDER" in error("--checkpoint", ckpt, "--task", "gradcam", "--image",
                                          f"{photos}/a.jpg", "--text", "x")
     if not torch.cuda.is_available():

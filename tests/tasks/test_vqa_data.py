@@ -15,7 +15,6 @@ from albef_plugin.datasets.vqa import load_answer_list
 from albef_plugin.datasets.vqa_builders import VQAJsonBuilder
 from albef_plugin.metrics.base import EvalContext
 from albef_plugin.metrics.vqa import VQAMetric
-from albef_plugin.processors import TextProcessor
 
 ANSWERS = ["yes", "no", "2", "red", "circle"]
 
@@ -93,12 +92,24 @@ def test_training_collate_repeats_question_states_per_answer(vqa_root):
     ({"question": "q", "answer": ["a"], "image": "0.jpg", "dataset": "coco"}, r"field 'dataset'"),
     ({"question": "", "answer": ["a"], "image": "0.jpg"}, r"field 'question'"),
     ({"question": "q", "answer": ["a"]}, r"no field 'image'"),
+    ("is it red?", r"entry 0 is a str, expected an object with question, image, dataset \(and answer "
+                   r"to train\)\.$"),
 ])
 def test_bad_training_entries_name_file_entry_and_field(vqa_root, entry, message):
     _write(vqa_root / "bad.json", [entry])
     with pytest.raises(AnnotationError, match=message) as info:
         builder(vqa_root, annotations={"train": ["bad.json"]}).build("train")
     assert "bad.json" in str(info.value)
+
+
+def test_the_builder_checks_its_config_and_paths_as_the_other_json_builders(vqa_root):
+    with pytest.raises(ValueError, match=r"albef_vqa_json.on_unreadable='skip'; choose one of"):
+        builder(vqa_root, on_unreadable="skip")
+    data = builder(vqa_root)
+    assert data.annotation_files("test") == [str(vqa_root / "vqa_test.json")]
+    assert data.image_roots() == {"vqa": str(vqa_root / "coco"), "vg": str(vqa_root / "vg")}
+    assert data.question_processor is data.question_processor  # built once
+    assert not data.question_processor.add_sep and data.answer_processor.add_sep
 
 
 def test_bad_test_entries_and_answer_lists_are_clear_errors(vqa_root):
