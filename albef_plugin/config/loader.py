@@ -27,7 +27,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from albef_plugin.config.schema import RootConfig
+from albef_plugin.config.schema import TEST_WEIGHTS, RootConfig
 from albef_plugin.errors import UserError
 from albef_plugin.registry import DATASET_BUILDERS, MODELS, UnknownNameError
 
@@ -318,6 +318,10 @@ def validate_config(cfg: DictConfig, model_cls: type) -> None:
     _at_least(training.divergence, "loss_spike_factor", 0, prefix="training.divergence")
     _at_least(training.divergence, "max_weight_norm_growth", 0, prefix="training.divergence")
     _at_least(cfg.evaluation, "batch_size", 1, prefix="evaluation")
+    if cfg.evaluation.test_weights not in TEST_WEIGHTS:
+        raise ConfigError(f"evaluation.test_weights={cfg.evaluation.test_weights!r}: expected "
+                          f"{' or '.join(TEST_WEIGHTS)} (best: the test splits are evaluated with "
+                          f"best.ckpt's weights; last: with the weights training ended with).")
     minimum = int(getattr(model_cls, "min_batch_size_per_rank", 1))
     if cfg.run_type.startswith("train") and training.batch_size < minimum:
         raise ConfigError(

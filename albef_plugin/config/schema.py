@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+TEST_WEIGHTS = ("best", "last")  # evaluation.test_weights
+
 
 @dataclass
 class EarlyStopConfig:
@@ -68,6 +70,10 @@ class EvaluationConfig:
     metrics: List[Any] = field(default_factory=lambda: ["retrieval"])
     batch_size: int = 64               # samples per evaluation batch, per process
     num_workers: int = 2               # data-loader workers during evaluation
+    # The weights the test splits are evaluated with after training: "best" (best.ckpt, the
+    # best val evaluation, as the paper reports retrieval, SNLI-VE and NLVR2; the last weights
+    # when no val split was evaluated, e.g. VQA) or "last" (the weights training ended with).
+    test_weights: str = "best"
 
 
 @dataclass

@@ -21,19 +21,16 @@ file is loaded, naming the file, the entry index and the field.
 """
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from albef_plugin.datasets.annotations import AnnotationError, FieldSpec, load_annotations
-from albef_plugin.datasets.images import ImageTextDataset, UnreadableImageError, read_rgb
+from albef_plugin.datasets.images import ImageTextDataset
 
 __all__ = ["LabelledEntry", "LabelledImagesDataset", "LabelledImagesCollate", "load_labelled",
            "label_parser"]
-
-logger = logging.getLogger(__name__)
 
 Files = Sequence[Union[str, "os.PathLike[str]"]]
 # (image paths, sentence, label)
@@ -119,25 +116,12 @@ class LabelledImagesDataset(ImageTextDataset):
     def _sample(self, index: int) -> Dict[str, Any]:
         return {"text": self.sentences[index], "label": self.labels[index], "index": index}
 
-    def _try_load(self, index: int) -> Optional[Dict[str, Any]]:
-        images = []
-        for path in self.image_paths[index]:
-            try:
-                images.append(read_rgb(path))
-            except UnreadableImageError as exc:
-                if self.on_unreadable == "error":
-                    raise UnreadableImageError(
-                        f"Image unreadable ({exc}). Fix or remove the file, or set the dataset's "
-                        f"on_unreadable to 'substitute' or 'drop' to skip such entries.") from exc
-                if path not in self._warned:
-                    self._warned.add(path)
-                    logger.warning("Skipping the entry of an unreadable image (%s); counted in "
-                                   "batch['num_skipped'].", exc)
-                return None
-        item = self._sample(index)
+    def _image_files(self, index: int) -> Sequence[str]:
+        return self.image_paths[index]
+
+    def _add_images(self, item: Dict[str, Any], images: List[Any]) -> None:
         for key, image in zip(self.image_keys, images):
             item[key] = self.transform(image)
-        return item
 
 
 class LabelledImagesCollate:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, Optional, Sequence, Set
+from typing import Any, Dict, List, Optional, Sequence, Set
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -95,12 +95,13 @@ def check_image_files(paths: Sequence[str], what: str) -> None:
 
 
 class ImageTextDataset(Dataset):
-    """Base of the training datasets: image file + caption(s) per entry.
+    """Base of the datasets whose entries hold image file(s) + text, with the unreadable-file policy.
 
     Subclasses implement :meth:`_image_path` and :meth:`_sample` (the item without the
     image); this class reads and transforms the image and applies the unreadable-file
     policy. Items are dicts ``{"image": (3, H, W) tensor, "text": str, "image_id": int,
-    "num_skipped": int}``.
+    "num_skipped": int}``. An entry of several images (NLVR2's pair) overrides
+    :meth:`_image_files` and :meth:`_add_images`; it is unreadable when any of its images is.
     """
 
     def __init__(self, transform: Any, on_unreadable: str = "substitute") -> None:
@@ -122,23 +123,40 @@ class ImageTextDataset(Dataset):
         """The item's non-image fields (``text``, ``image_id``)."""
         raise NotImplementedError
 
+    def _image_files(self, index: int) -> Sequence[str]:
+        """The image file(s) of entry ``index`` (default: the one of :meth:`_image_path`)."""
+        return (self._image_path(index),)
+
+    def _add_images(self, item: Dict[str, Any], images: List[Image.Image]) -> None:
+        """Put the transformed images into ``item`` (default: the one image as ``image``)."""
+        item["image"] = self.transform(images[0])
+
     # --------------------------------------------------------------- access
+    def _read_images(self, index: int) -> Optional[List[Image.Image]]:
+        """Every image of entry ``index`` decoded, or None when one is unreadable (``error``:
+        raise; otherwise warn once per file, per process)."""
+        images = []
+        for path in self._image_files(index):
+            try:
+                images.append(read_rgb(path))
+            except UnreadableImageError as exc:
+                if self.on_unreadable == "error":
+                    raise UnreadableImageError(
+                        f"Image unreadable ({exc}). Fix or remove the file, or set the dataset's "
+                        f"on_unreadable to 'substitute' or 'drop' to skip such entries.") from exc
+                if path not in self._warned:
+                    self._warned.add(path)
+                    logger.warning("Skipping the entry of an unreadable image (%s); counted in "
+                                   "batch['num_skipped'].", exc)
+                return None
+        return images
+
     def _try_load(self, index: int) -> Optional[Dict[str, Any]]:
-        path = self._image_path(index)
-        try:
-            image = read_rgb(path)
-        except UnreadableImageError as exc:
-            if self.on_unreadable == "error":
-                raise UnreadableImageError(
-                    f"Training image unreadable ({exc}). Fix or remove the file, or set the "
-                    f"dataset's on_unreadable to 'substitute' or 'drop' to skip such files.") from exc
-            if path not in self._warned:
-                self._warned.add(path)
-                logger.warning("Skipping unreadable training image (%s); counted in "
-                               "batch['num_skipped'].", exc)
+        images = self._read_images(index)
+        if images is None:
             return None
         item = self._sample(index)
-        item["image"] = self.transform(image)
+        self._add_images(item, images)
         return item
 
     def __getitem__(self, index: int) -> Optional[Dict[str, Any]]:

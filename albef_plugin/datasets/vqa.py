@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from albef_plugin.datasets.annotations import (AnnotationError, bad_field, check_object,
@@ -198,6 +199,7 @@ class VQAEvalDataset(Dataset):
                 self.questions.append(pre_question(question, max_words))
                 self.answers.append(answer)
         self._answer_tokens: Optional[Dict[str, torch.Tensor]] = None
+        self._blank: Optional[torch.Tensor] = None
 
     @property
     def has_answers(self) -> bool:
@@ -213,6 +215,13 @@ class VQAEvalDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_paths)
 
+    def blank_image(self) -> torch.Tensor:
+        """What an unreadable image is replaced by: zeros (the mean colour, once normalised) of
+        the transform's output size, known without any readable image of the split."""
+        if self._blank is None:
+            self._blank = torch.zeros_like(self.transform(Image.new("RGB", (32, 32))))
+        return self._blank
+
     def __getitem__(self, index: int) -> Dict[str, Any]:
         path, unreadable = self.image_paths[index], 0
         try:
@@ -222,7 +231,7 @@ class VQAEvalDataset(Dataset):
                 self._warned.add(path)
                 logger.warning("Unreadable test image (%s): question %r is answered from a blank "
                                "image and counted.", exc, self.question_ids[index])
-            image, unreadable = None, 1
+            image, unreadable = self.blank_image(), 1
         return {"image": image, "question": self.questions[index], "index": index,
                 "unreadable": unreadable}
 
@@ -275,14 +284,9 @@ class VQAEvalCollate:
         self.question_processor = question_processor
 
     def __call__(self, samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-        shape = next((s["image"].shape for s in samples if s["image"] is not None), None)
-        if shape is None:
-            raise UnreadableImageError("every image of an evaluation batch is unreadable; check the "
-                                       "dataset's image_root and the paths in the annotation file.")
         questions = self.question_processor([s["question"] for s in samples])
         return {
-            "image": torch.stack([s["image"] if s["image"] is not None else torch.zeros(shape)
-                                  for s in samples]),
+            "image": torch.stack([s["image"] for s in samples]),  # unreadable ones already blank
             "question_ids": questions["input_ids"],
             "question_mask": questions["attention_mask"],
             "index": torch.tensor([int(s["index"]) for s in samples], dtype=torch.long),

@@ -10,6 +10,11 @@ With ``save_predictions: true`` rank 0 writes ``<split>_<dataset>_predictions.js
 the run's ``save_dir``: ``[{"index", "prediction", "label"}]`` in dataset order, where
 ``index`` is ``batch["index"]`` when the collate provides it, else the sample's position
 (which assumes the collate keeps every sample).
+
+Samples the split's collate dropped (unreadable images, SNLI-VE / NLVR2 val and test) are
+left out of the accuracy; a batch that lost every sample is skipped. Both are counted and
+reported (``unreadable_samples``, ``skipped_batches``; see ``metrics/base.py``), and a split
+with no readable sample at all is one error naming the split and the dataset.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from albef_plugin.distributed import all_reduce_sum, get_rank, get_world_size
-from albef_plugin.metrics.base import BaseMetric, EvalContext, as_context, autocast_for, to_device
+from albef_plugin.metrics.base import (BaseMetric, EvalContext, as_context, autocast_for, to_device,
+                                       unreadable_report)
 from albef_plugin.registry import registry
 
 __all__ = ["AccuracyMetric"]
@@ -53,13 +59,14 @@ class AccuracyMetric(BaseMetric):
         device = context.device
         rank, world_size = get_rank(), get_world_size()
         counts = torch.zeros(2, dtype=torch.long, device=device)  # correct, total
+        batches = context.readable_batches(dataset, shard=True)
         rows: List[Dict[str, int]] = []
         seen = 0  # samples of this rank so far: its positions are rank + i * world_size
         was_training = model.training
         model.eval()
         try:
             with torch.inference_mode(), autocast_for(device, context.precision):
-                for batch in context.loader(dataset, shard=True):
+                for batch in batches:
                     batch = to_device(batch, device)
                     labels = batch.get("label") if isinstance(batch, dict) else None
                     if labels is None:
@@ -85,10 +92,12 @@ class AccuracyMetric(BaseMetric):
                     seen += labels.numel()
         finally:
             model.train(was_training)
-        correct, total = (int(v) for v in all_reduce_sum(counts).tolist())
-        if total == 0:
+        counts = torch.cat([counts, counts.new_tensor([batches.skipped_batches])])
+        correct, total, skipped_batches = (int(v) for v in all_reduce_sum(counts).tolist())
+        if len(dataset) == 0:
             raise ValueError(f"accuracy on {context.split}/{context.dataset_name}: no samples were "
-                             f"evaluated (empty dataset, or every sample dropped by the collate).")
+                             f"evaluated (the dataset is empty).")
+        unreadable = unreadable_report(context, len(dataset), total, skipped_batches)
         if self.config.save_predictions:
             rows = sorted(_gather_lists(rows), key=lambda row: row["index"])
             path = context.save_json(rows, kind="predictions")
@@ -96,4 +105,4 @@ class AccuracyMetric(BaseMetric):
                 logger.info("predictions of %s/%s written to %s", context.split, context.dataset_name, path)
         logger.info("accuracy on %s/%s: %d / %d correct", context.split, context.dataset_name,
                     correct, total)
-        return {"accuracy": 100.0 * correct / total}
+        return {"accuracy": 100.0 * correct / total, **unreadable}

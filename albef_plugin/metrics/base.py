@@ -27,6 +27,12 @@ dataset names, where to write files, the split's collate function, loader sizes)
 an :class:`EvalContext`; :meth:`EvalContext.loader` builds the data loader, sharded across
 ranks when asked. Every rank calls ``evaluate``; the numbers it returns must be the same
 on every rank (all-reduce the counts), and rank 0's are logged.
+
+Unreadable samples: a split whose builder *drops* entries with unreadable images (SNLI-VE
+and NLVR2 val / test) gets batches with fewer samples, or None from the collate when a batch
+lost every sample. :meth:`EvalContext.readable_batches` passes over (and counts) such batches,
+and :func:`unreadable_report` turns the counts into the metric's report, or into one clean
+error when no sample of the split was readable (:func:`require_readable`).
 """
 from __future__ import annotations
 
@@ -35,7 +41,9 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Dict, Iterator, List, Mapping, Optional, Union
+import logging
+from typing import (Any, Callable, ContextManager, Dict, Iterable, Iterator, List, Mapping, Optional,
+                    Union)
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -43,8 +51,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from albef_plugin.config.schema import EvaluationConfig
 from albef_plugin.distributed import get_rank, get_world_size, is_main_process
 
-__all__ = ["BaseMetric", "EvalContext", "MetricSpec", "ShardSampler", "as_context", "autocast_for",
-           "parse_metric_specs", "to_device"]
+__all__ = ["BaseMetric", "EvalContext", "MetricSpec", "ReadableBatches", "ShardSampler", "as_context",
+           "autocast_for", "parse_metric_specs", "require_readable", "to_device", "unreadable_report"]
+
+logger = logging.getLogger(__name__)
 
 _EVAL_DEFAULTS = EvaluationConfig()  # loader sizes: one source, the evaluation schema
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -106,6 +116,10 @@ class EvalContext:
                           pin_memory=self.device.type == "cuda",
                           worker_init_fn=init_signal_free_worker if self.num_workers else None)
 
+    def readable_batches(self, dataset: Dataset, shard: bool = True) -> "ReadableBatches":
+        """:meth:`loader` without the batches in which no sample was readable (counted)."""
+        return ReadableBatches(self.loader(dataset, shard=shard))
+
     def output_path(self, kind: str = "predictions", suffix: str = ".json") -> Optional[str]:
         """``<output_dir>/<split>_<dataset>_<kind><suffix>``, or None without an output dir."""
         if not self.output_dir:
@@ -126,6 +140,59 @@ class EvalContext:
                 json.dump(data, handle)
             os.replace(temp, path)
         return path
+
+
+class ReadableBatches:
+    """The batches of an evaluation loader, passing over those the collate returned None for
+    (every sample of the batch unreadable and dropped); ``skipped_batches`` counts them on this
+    rank."""
+
+    def __init__(self, loader: Iterable[Any]) -> None:
+        self.loader = loader
+        self.skipped_batches = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            if batch is None:
+                self.skipped_batches += 1
+                continue
+            yield batch
+
+
+def require_readable(context: "EvalContext", num_samples: int, readable: int) -> None:
+    """One clean error when ``num_samples > 0`` samples were all unreadable (counts of all ranks).
+
+    Raises:
+        UnreadableImageError: naming the split and the dataset, and what to check.
+    """
+    if num_samples > 0 and readable <= 0:
+        from albef_plugin.datasets.images import UnreadableImageError  # (datasets are heavier)
+
+        raise UnreadableImageError(
+            f"every one of the {num_samples} samples of split {context.split!r} of dataset "
+            f"{context.dataset_name!r} has an unreadable (missing or corrupt) image: nothing to "
+            f"evaluate. Check dataset_config.{context.dataset_name}.image_root and the image paths "
+            f"in the split's annotation files.")
+
+
+def unreadable_report(context: "EvalContext", num_samples: int, evaluated: int,
+                      skipped_batches: int) -> Dict[str, float]:
+    """What an evaluation that left unreadable samples out reports (counts of all ranks).
+
+    Returns ``{}`` when every sample was evaluated; otherwise ``unreadable_samples`` (samples
+    left out) and ``skipped_batches`` (batches with no readable sample), with a warning.
+
+    Raises:
+        UnreadableImageError: no sample was readable (:func:`require_readable`).
+    """
+    require_readable(context, num_samples, evaluated)
+    unreadable = max(0, num_samples - evaluated)
+    if not unreadable and not skipped_batches:
+        return {}
+    logger.warning("%s/%s: %d of %d samples have unreadable images and were left out of the "
+                   "evaluation (%d batch(es) had no readable sample and were skipped)",
+                   context.split, context.dataset_name, unreadable, num_samples, skipped_batches)
+    return {"unreadable_samples": float(unreadable), "skipped_batches": float(skipped_batches)}
 
 
 def autocast_for(device: torch.device, precision: str) -> ContextManager[Any]:

@@ -13,7 +13,9 @@ same numbers. Rank 0 writes ``<save_dir>/<split>_<dataset>_vqa_result.json``:
 ``[{"question_id": ..., "answer": "..."}]`` for every question, in file order (the format the
 EvalAI server takes for test-dev and test-std; it needs every test question). Reported:
 ``accuracy`` (percent, ``metrics/vqa_accuracy.py``) when every question has ground-truth
-answers, ``num_questions``, and ``unreadable_images`` when test images had to be blanked.
+answers, ``num_questions``, and ``unreadable_images`` when test images had to be blanked (any
+batch, even one with no readable image); a split with no readable image at all is one error
+naming the split and the dataset.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from albef_plugin.distributed import get_world_size, unwrap_model
-from albef_plugin.metrics.base import BaseMetric, EvalContext, as_context, autocast_for, to_device
+from albef_plugin.metrics.base import (BaseMetric, EvalContext, as_context, autocast_for, require_readable,
+                                       to_device)
 from albef_plugin.metrics.vqa_accuracy import vqa_accuracy
 from albef_plugin.registry import registry
 
@@ -99,6 +102,8 @@ class VQAMetric(BaseMetric):
         if len(dataset) == 0:
             raise ValueError(f"vqa metric: {context.split}/{context.dataset_name} has no questions.")
         predictions, unreadable = self.predict(model, dataset, context)
+        # blank images answer the unreadable questions; none readable at all is an error
+        require_readable(context, len(dataset), len(dataset) - unreadable)
         answer_list = dataset.answer_list
         results = [{"question_id": qid, "answer": answer_list[p]}
                    for qid, p in zip(dataset.question_ids, predictions)]

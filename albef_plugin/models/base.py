@@ -36,6 +36,11 @@ class BaseModel(nn.Module):
     ``dummy_batch()`` a random training batch for the model at hand.
     ``min_batch_size_per_rank`` is the smallest training batch per process the model can learn
     from; the config loader refuses smaller ``training.batch_size`` values at start-up.
+
+    ``loaded_weights`` maps each config key (relative to the model's config, e.g.
+    ``checkpoint``, ``image_encoder.pretrained``) whose weights file the model loaded while it
+    was built to that file; empty when it was built from a fresh initialisation. The trainer
+    reports it when it evaluates a model without loading a checkpoint itself.
     """
 
     params_without_grad: ClassVar[Tuple[str, ...]] = ()
@@ -53,6 +58,7 @@ class BaseModel(nn.Module):
             raise TypeError(f"{type(self).__name__} expects an OmegaConf DictConfig of its Config "
                             f"(use albef_plugin.models.build_model), got {type(config).__name__}")
         self.config = config
+        self.loaded_weights: Dict[str, str] = {}
 
     @classmethod
     def config_path(cls) -> Optional[str]:

@@ -5,7 +5,9 @@ crash loses nothing already logged. Each record has a ``kind``:
 
 * ``"train"``: ``update``, ``epoch``, ``train/<loss>``..., ``total_loss``, ``lr``,
   ``samples_per_s``, ``num_skipped`` (since the previous record), ``grad_norm`` if clipped;
-* ``"eval"``: ``update``, ``epoch``, ``split``, ``<split>/<dataset>/<metric>``...;
+* ``"eval"``: ``update``, ``epoch``, ``split``, ``<split>/<dataset>/<metric>``...; the test
+  splits evaluated after training add ``weights`` (``best`` | ``last``) and
+  ``weights_update`` (the update those weights are of; see ``test_weights.py``);
 * ``"epoch"``: ``update``, ``epoch`` (the one that ended), ``num_skipped`` in that epoch.
 
 A training run that starts at update ``N`` (resumed from a checkpoint of update ``N``, or
@@ -30,7 +32,7 @@ __all__ = ["MetricsWriter", "attach_file_log", "detach_file_log", "drop_records_
 METRICS_FILE = "metrics.jsonl"
 LOG_FILE = "train.log"
 TENSORBOARD_DIR = "tensorboard"
-_NOT_SCALARS = ("kind", "update", "epoch", "split")
+_NOT_SCALARS = ("kind", "update", "epoch", "split", "weights", "weights_update")
 
 
 def _written_after(record: Mapping[str, Any], update: int) -> bool:

@@ -75,11 +75,7 @@ def load_start_checkpoint(trainer: "Trainer") -> None:
     checkpoint_config = trainer.config.checkpoint
     found = resolve_resume_file(checkpoint_config, trainer.save_dir)
     if found is None:
-        if trainer.run_training:
-            logger.info("no checkpoint to load: starting from the model's initialisation")
-        else:
-            logger.warning("run_type=%s evaluates the model's initial weights: no checkpoint was "
-                           "loaded (set checkpoint.resume_file=<file>)", trainer.config.run_type)
+        _log_weights_as_built(trainer)
         return
     path, why = found
     logger.info("loading checkpoint %s (%s)", path, why)
@@ -102,6 +98,25 @@ def load_start_checkpoint(trainer: "Trainer") -> None:
     load_model_state(trainer.model, checkpoint["model"], strict=True, source=path)
     if trainer.run_training:
         _restore_training_state(trainer, checkpoint, path)
+
+
+def _log_weights_as_built(trainer: "Trainer") -> None:
+    """Say what the run starts from when no checkpoint is loaded: the weights files the model
+    read while it was built (``model.loaded_weights``, e.g. ``model_config.<model>.checkpoint``),
+    or its fresh initialisation, which is worth a warning only for an evaluation run."""
+    loaded = dict(getattr(trainer.model, "loaded_weights", None) or {})
+    files = ", ".join(f"model_config.{trainer.config.model}.{key}={path}" for key, path in loaded.items())
+    if trainer.run_training:
+        logger.info("no checkpoint to resume: training starts from %s",
+                    f"the weights the model was built with ({files})" if files
+                    else "the model's initialisation")
+    elif files:
+        logger.info("run_type=%s evaluates the weights the model was built with: %s",
+                    trainer.config.run_type, files)
+    else:
+        logger.warning("run_type=%s evaluates the model's initial weights: no checkpoint was "
+                       "loaded (set checkpoint.resume_file=<file> or model_config.%s.checkpoint=<file>)",
+                       trainer.config.run_type, trainer.config.model)
 
 
 def _restore_training_state(trainer: "Trainer", checkpoint: Mapping[str, Any], path: str) -> None:

@@ -44,6 +44,7 @@ from albef_plugin.trainers.precision import (build_grad_scaler, get_autocast, re
 from albef_plugin.trainers.rng import seed_everything
 from albef_plugin.trainers.schedulers import build_lr_scheduler
 from albef_plugin.trainers.stream_data import build_stream_batches
+from albef_plugin.trainers.test_weights import load_test_weights
 
 logger = logging.getLogger(__name__)
 
@@ -193,11 +194,15 @@ class Trainer:
             if self.eval_roles and not self.metrics:
                 logger.warning("run_type=%s asks for evaluation but evaluation.metrics is empty",
                                self.config.run_type)
-            for role in self.eval_roles if self.metrics else []:
+            for role in self.eval_roles if self.metrics else []:  # val before test
                 # splits the periodic evaluation already covered at this update are not redone
                 splits = [split for split in self.datasets.splits_with_role(role)
                           if self._last_eval.get(split) != self.state.update]
-                if splits and self.evaluate(splits) and self.run_training:
+                if not splits:
+                    continue
+                # after training, the test splits get best.ckpt's weights (evaluation.test_weights)
+                weights = load_test_weights(self) if role == "test" and self.run_training else {}
+                if self.evaluate(splits, weights) and self.run_training:
                     self.save_checkpoint(current=False, snapshot=False, best=True)
         finally:
             self.close()
@@ -351,19 +356,27 @@ class Trainer:
         logger.error(message)
         raise NonFiniteLossError(message)
 
-    def evaluate(self, splits: List[str]) -> bool:
+    def evaluate(self, splits: List[str], weights: Optional[Dict[str, Any]] = None) -> bool:
         """Evaluate every metric on each of ``splits`` (one ``eval`` record per split); log.
+
+        Args:
+            weights: for the test splits after training, which weights they are evaluated
+                with (``{"weights": "best" | "last", "weights_update": N}``, see
+                ``test_weights.py``); added to the records and the log line.
 
         Returns True when training and the val-role splits among them give a new best
         (``training.early_stop.criteria``; an error when it matches nothing reported).
         """
         val_results: Dict[str, float] = {}
+        weights = dict(weights or {})
         for split in splits:
             results = evaluate_split(self.model, split, self.datasets.eval.get(split, {}), self.metrics,
                                      self.eval_context, self.datasets.eval_collate.get(split))
             self.writer.write({"kind": "eval", "split": split, "update": self.state.update,
-                               "epoch": round(self.state.epoch_progress, 4), **results})
-            logger.info("evaluation on %s at update %d: %s", split, self.state.update,
+                               "epoch": round(self.state.epoch_progress, 4), **weights, **results})
+            of_weights = (f" ({weights['weights']} weights, of update {weights['weights_update']})"
+                          if weights else "")
+            logger.info("evaluation on %s at update %d%s: %s", split, self.state.update, of_weights,
                         ", ".join(f"{k} {v:.4f}" for k, v in results.items()) or "(no metrics)")
             table = format_recall_table(results)
             if table:

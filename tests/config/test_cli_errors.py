@@ -55,6 +55,7 @@ def _error_line(capsys, argv):
     (["training.batch_size=-1"], ["training.batch_size=-1", ">= 1"]),
     (["training.max_updates=-5"], ["training.max_updates=-5", ">= 0"]),
     (["run_type=trian"], ["run_type='trian'"]),
+    (["evaluation.test_weights=newest"], ["evaluation.test_weights='newest'", "best or last"]),
     (["model=toy_in_batch_negatives", "training.batch_size=1"],
      ["training.batch_size=1", "at least 2 samples per process"]),
     (["training.batch_size=1"], ["training.batch_size=1", "model albef_pretrain",

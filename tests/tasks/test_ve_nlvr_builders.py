@@ -1,15 +1,18 @@
 """Dataset builders of SNLI-VE and NLVR2: registry names, typed defaults, all splits, the
-synthetic demo's task files."""
+synthetic demo's task files, evaluation of splits with unreadable images."""
 import json
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from albef_plugin.config.loader import default_component_config
 from albef_plugin.datasets import (DemoNLVR2Builder, DemoVEBuilder, NLVR2JsonBuilder,
-                                   VEJsonBuilder)
+                                   UnreadableImageError, VEJsonBuilder)
+from albef_plugin.errors import UserError
+from albef_plugin.metrics import AccuracyMetric, EvalContext
 from albef_plugin.datasets.synthetic.tasks import TASKS_VERSION
 from albef_plugin.registry import registry
 
@@ -50,6 +53,51 @@ def test_nlvr2_json_builder_builds_every_split_and_eval_drops_unreadable_entries
     batch = next(iter(DataLoader(val, batch_size=3, collate_fn=builder.collate_fn("val"))))
     assert batch["index"].tolist() == [0, 2] and batch["label"].tolist() == [1, 0]
     assert batch["num_skipped"] == 1  # dropped and counted, never scored twice
+
+
+class AlwaysTrue(torch.nn.Module):
+    """Eval-mode NLVR2 stand-in: predicts class 1 ("True") for every pair."""
+
+    def forward(self, batch):
+        return {"logits": torch.tensor([[0.0, 1.0]]).expand(batch["image0"].shape[0], 2)}
+
+
+def _nlvr2_val(tmp_path, rows):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.new("RGB", (20, 20), (90 * i, 90, 200)).save(images / f"{i}.jpg")
+    (images / "corrupt.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    (tmp_path / "nlvr.json").write_text(json.dumps(rows))
+    builder = NLVR2JsonBuilder(NLVR2JsonBuilder.make_config({
+        "data_dir": str(tmp_path), "image_root": "images", "image_size": 16,
+        "annotations": {"train": ["nlvr.json"], "val": ["nlvr.json"], "test": ["nlvr.json"]}}))
+    context = EvalContext(split="val", dataset_name="albef_nlvr2_json", batch_size=2, num_workers=0,
+                          collate_fn=builder.collate_fn("val"))
+    return builder.build("val"), context
+
+
+def test_evaluation_skips_and_counts_batches_whose_every_image_is_unreadable(tmp_path):
+    good, bad = ["0.jpg", "1.jpg"], ["1.jpg", "corrupt.jpg"]
+    rows = [{"images": good, "sentence": "a", "label": "True"},
+            {"images": good, "sentence": "b", "label": "False"},
+            {"images": bad, "sentence": "c", "label": "True"},       # batch 2: both entries
+            {"images": ["corrupt.jpg", "0.jpg"], "sentence": "d", "label": "False"},  # unreadable
+            {"images": good, "sentence": "e", "label": "True"}]
+    val, context = _nlvr2_val(tmp_path, rows)
+    values = AccuracyMetric().evaluate(AlwaysTrue(), val, context)
+    # entries 0, 1 and 4 are scored (2 of 3 right); 2 and 3 are counted, their batch skipped
+    assert values == {"accuracy": pytest.approx(200 / 3), "unreadable_samples": 2.0,
+                      "skipped_batches": 1.0}
+
+
+def test_evaluation_of_a_split_with_no_readable_image_is_one_clean_error(tmp_path):
+    rows = [{"images": ["0.jpg", "corrupt.jpg"], "sentence": s, "label": "True"} for s in "abc"]
+    val, context = _nlvr2_val(tmp_path, rows)
+    with pytest.raises(UnreadableImageError, match=r"every one of the 3 samples of split 'val' of "
+                                                   r"dataset 'albef_nlvr2_json' has an unreadable"):
+        AccuracyMetric().evaluate(AlwaysTrue(), val, context)
+    assert issubclass(UnreadableImageError, UserError)  # one `error:` line from the command line
 
 
 def test_ve_json_builder_names_the_key_of_a_missing_split(tmp_path):

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from albef_plugin.datasets.annotations import AnnotationError
+from albef_plugin.datasets.images import UnreadableImageError
 from albef_plugin.datasets.vqa import load_answer_list
 from albef_plugin.datasets.vqa_builders import VQAJsonBuilder
 from albef_plugin.metrics.base import EvalContext
@@ -168,6 +169,44 @@ def test_vqa_metric_writes_every_answer_and_scores_where_answers_exist(vqa_root,
         else:
             assert values == {"num_questions": 4.0, "unreadable_images": 1.0}
             assert [r["question_id"] for r in rows] == [10, 11, 12, 13]
+
+
+class AlwaysFirst(torch.nn.Module):
+    """Answers the first candidate; records the images it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.images = []
+
+    def rank_answer(self, image, question_ids, question_mask, answer_ids, answer_mask, k):
+        self.images.append(image)
+        ids = torch.arange(k).expand(image.shape[0], k)
+        return ids, torch.full(ids.shape, 1 / k)
+
+
+def test_a_test_batch_without_any_readable_image_is_answered_from_blanks(vqa_root, tmp_path):
+    data = builder(vqa_root)
+    for broken in ("2.jpg", "3.jpg"):  # the whole second batch of 2
+        (vqa_root / "coco" / broken).write_bytes(b"\xff\xd8\xff truncated")
+    context = EvalContext(split="test", dataset_name="albef_vqa_json", output_dir=str(tmp_path),
+                          collate_fn=data.collate_fn("test"), batch_size=2, num_workers=0)
+    model = AlwaysFirst()
+    values = VQAMetric({"k_test": 2}).evaluate(model, data.build("test"), context)
+    assert values == {"num_questions": 4.0, "unreadable_images": 2.0}
+    rows = json.loads((tmp_path / "test_albef_vqa_json_vqa_result.json").read_text())
+    assert [r["question_id"] for r in rows] == [10, 11, 12, 13]
+    assert model.images[1].shape == model.images[0].shape and not model.images[1].any()  # blank
+
+
+def test_a_vqa_split_without_any_readable_image_is_one_clean_error(vqa_root):
+    data = builder(vqa_root)
+    for i in range(4):
+        (vqa_root / "coco" / f"{i}.jpg").write_bytes(b"broken")
+    context = EvalContext(split="test", dataset_name="albef_vqa_json", collate_fn=data.collate_fn("test"),
+                          batch_size=2, num_workers=0)
+    with pytest.raises(UnreadableImageError, match=r"every one of the 4 samples of split 'test' of "
+                                                   r"dataset 'albef_vqa_json' has an unreadable"):
+        VQAMetric({"k_test": 2}).evaluate(AlwaysFirst(), data.build("test"), context)
 
 
 def test_vqa_metric_with_a_real_model(vqa_root, tmp_path):

@@ -160,6 +160,44 @@ def test_foreign_checkpoint_without_resume_pretrained_is_refused(tmp_path):
         build_trainer(make_config(tmp_path / "run", f"checkpoint.resume_file={path}"))
 
 
+def _albef_ve_config(save_dir, checkpoint=None):
+    """The toy run with a tiny albef_ve (evaluation-only: the toy data never reaches it)."""
+    from albef_plugin.models import model_config
+    from albef_plugin.models.albef.ve import ALBEFVisualEntailment as ALBEFVE
+
+    overrides = ALBEFVE.tiny_overrides()
+    if checkpoint is not None:
+        overrides["checkpoint"] = str(checkpoint)
+    config = make_config(save_dir, "run_type=test", "model=albef_ve", "evaluation.metrics=[]")
+    config.model_config["albef_ve"] = model_config("albef_ve", overrides)
+    return config
+
+
+@pytest.mark.parametrize("with_checkpoint", [True, False])
+def test_an_evaluation_run_names_the_weights_the_model_was_built_with(tmp_path, caplog, with_checkpoint):
+    from albef_plugin.models import build_model
+    from albef_plugin.models.albef.ve import ALBEFVisualEntailment as ALBEFVE
+
+    path = tmp_path / "ve_weights.pth"
+    torch.manual_seed(1234)  # not the run's seed: the run's own initialisation differs from the file
+    saved = build_model("albef_ve", ALBEFVE.tiny_overrides()).state_dict()
+    torch.save(saved, path)
+    with caplog.at_level(logging.INFO, logger="albef_plugin"):
+        trainer = build_trainer(_albef_ve_config(tmp_path / "run", path if with_checkpoint else None))
+    trainer.close()
+    warnings = [r.message for r in caplog.records if r.levelno >= logging.WARNING
+                and "initial weights" in r.message]
+    named = f"run_type=test evaluates the weights the model was built with: model_config.albef_ve.checkpoint={path}"
+    if with_checkpoint:
+        assert torch.equal(trainer.model.cls_head[0].weight, saved["cls_head.0.weight"])
+        assert not warnings and named in caplog.text
+    else:
+        assert not torch.equal(trainer.model.cls_head[0].weight, saved["cls_head.0.weight"])
+        assert warnings == ["run_type=test evaluates the model's initial weights: no checkpoint was loaded "
+                            "(set checkpoint.resume_file=<file> or model_config.albef_ve.checkpoint=<file>)"]
+        assert "evaluates the weights the model was built with" not in caplog.text
+
+
 def test_group_keys_by_prefix():
     text = group_keys_by_prefix(["a.b.c", "a.b.d", "top"])
     assert "a.b.{c, d} (2 keys)" in text and "top" in text

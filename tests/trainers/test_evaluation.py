@@ -1,4 +1,7 @@
-"""Which logged key picks the best checkpoint, early stopping, and evaluation over named splits."""
+"""Which logged key picks the best checkpoint, early stopping, evaluation over named splits, and
+the weights the test splits are evaluated with after training."""
+import logging
+from types import SimpleNamespace
 from typing import Any, Dict
 
 import pytest
@@ -8,7 +11,9 @@ from torch.utils.data import Dataset
 from albef_plugin.config.loader import ConfigError
 from albef_plugin.registry import registry
 from albef_plugin.trainers.build import build_datasets, parse_run_type
+from albef_plugin.trainers.checkpointer import CheckpointError
 from albef_plugin.trainers.evaluation import BestMetricTracker
+from albef_plugin.trainers.test_weights import load_test_weights
 
 from .toy_components import ToyBuilder, ToyDataset, load_ckpt, make_config, read_records, run_trainer
 
@@ -144,8 +149,65 @@ def test_run_type_asking_for_an_undeclared_role_is_an_error(tmp_path):
     assert not (tmp_path / "marker").exists()  # refused before preparing or building anything
 
 
-def test_periodic_evaluation_without_val_split_trains_and_tests(tmp_path):
-    run_trainer(config_with("toy_train_test_only", tmp_path, "run_type=train_test",
-                            "training.max_updates=2", "training.evaluation_interval=1"))
-    assert [r["split"] for r in read_records(tmp_path, "eval")] == ["test"]
+def test_periodic_evaluation_without_val_split_trains_and_tests(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="albef_plugin"):
+        run_trainer(config_with("toy_train_test_only", tmp_path, "run_type=train_test",
+                                "training.max_updates=2", "training.evaluation_interval=1"))
+    (record,) = read_records(tmp_path, "eval")
+    assert record["split"] == "test"
     assert not (tmp_path / "best.ckpt").exists()
+    # VQA's protocol: no val split, so the last weights are tested, and the log says why
+    assert (record["weights"], record["weights_update"]) == ("last", 2)
+    assert "test metrics of the last weights (update 2): no val split was evaluated" in caplog.text
+
+
+TEST_WEIGHT_RUN = ("run_type=train_val_test", "training.max_updates=6", "training.evaluation_interval=2",
+                   "evaluation.metrics=[toy_worsening,toy_weights]")
+
+
+@pytest.mark.parametrize("test_weights, weights_update, source, log_line", [
+    ("best", 2, "best.ckpt", "test metrics of best.ckpt (update 2, val/toy_data/r_mean = -2.0000)"),
+    ("last", 6, "current.ckpt", "test metrics of the last weights (update 6; evaluation.test_weights=last)"),
+])
+def test_the_test_splits_are_evaluated_with_the_chosen_weights(tmp_path, caplog, test_weights,
+                                                               weights_update, source, log_line):
+    # toy_worsening (r_mean = -training forwards) is best at the first val evaluation: update 2 of 6
+    run_dir = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="albef_plugin"):
+        run_trainer(make_config(run_dir, *TEST_WEIGHT_RUN, f"evaluation.test_weights={test_weights}"))
+    evals = read_records(run_dir, "eval")
+    assert [(r["split"], r["update"]) for r in evals] == [("val", 2), ("val", 4), ("val", 6), ("test", 6)]
+    assert load_ckpt(run_dir / "best.ckpt")["train_state"]["update"] == 2
+    test = evals[-1]
+    assert (test["weights"], test["weights_update"]) == (test_weights, weights_update)
+    assert test["test/toy_data/num_train_forwards"] == weights_update  # one forward per update
+    assert log_line in caplog.text
+    # the same numbers as a test-only run of that checkpoint
+    run_trainer(make_config(tmp_path / "alone", "run_type=test", "evaluation.metrics=[toy_worsening,toy_weights]",
+                            f"checkpoint.resume_file={run_dir / source}"))
+    (alone,) = read_records(tmp_path / "alone", "eval")
+    assert {k: v for k, v in test.items() if k.startswith("test/")} == \
+        {k: v for k, v in alone.items() if k.startswith("test/")}
+    if test_weights == "best":  # and not those of the last weights
+        assert test["test/toy_data/weight_sum"] != evals[2]["val/toy_data/weight_sum"]
+
+
+def _after_training(tmp_path, best_update, best_value=-1.0):
+    """What load_test_weights reads of a trainer that ended at update 6."""
+    from albef_plugin.trainers.checkpointer import Checkpointer
+
+    best = BestMetricTracker("val/r_mean")
+    best.key, best.update, best.value = "val/toy_data/r_mean", best_update, best_value
+    return SimpleNamespace(state=SimpleNamespace(update=6), best=best, config=make_config(tmp_path),
+                           checkpointer=Checkpointer(str(tmp_path)), model=None)
+
+
+def test_a_recorded_best_without_its_file_is_an_error_and_a_never_finite_best_tests_the_last(tmp_path,
+                                                                                               caplog):
+    with pytest.raises(CheckpointError, match=r"best\.ckpt is missing, but the best val/toy_data/r_mean "
+                                              r"of this run is at update 2.*evaluation\.test_weights=last"):
+        load_test_weights(_after_training(tmp_path, best_update=2))
+    with caplog.at_level(logging.WARNING, logger="albef_plugin"):
+        weights = load_test_weights(_after_training(tmp_path, best_update=None, best_value=None))
+    assert weights == {"weights": "last", "weights_update": 6}
+    assert "no val evaluation gave a finite val/toy_data/r_mean" in caplog.text

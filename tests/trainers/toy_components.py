@@ -171,6 +171,20 @@ class ToyWorseningMetric:
         return {"r_mean": -float(model.num_train_forwards)}
 
 
+@registry.register_metric("toy_weights", override=True)
+class ToyWeightsMetric:
+    """A function of the weights alone (no data, no randomness): which weights were evaluated.
+
+    ``num_train_forwards`` is a buffer of the model state, so it says the update of the weights."""
+
+    def __init__(self, params: Any = None) -> None:
+        pass
+
+    def evaluate(self, model: nn.Module, dataset: Dataset, context: Any) -> Dict[str, float]:
+        return {"weight_sum": float(sum(p.double().sum() for p in model.parameters())),
+                "num_train_forwards": float(model.num_train_forwards)}
+
+
 def make_config(save_dir: Any, *dotlist: str):
     """A root config for the toy run in ``save_dir``, then ``key=value`` overrides."""
     base = OmegaConf.merge(OmegaConf.structured(RootConfig), {

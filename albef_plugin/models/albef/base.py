@@ -147,9 +147,13 @@ class ALBEFBase(BaseModel):
         cfg = self.config
         load_initial_weights(self, cfg.image_encoder.pretrained, cfg.text_encoder.pretrained,
                              allow_unsafe_pickle=cfg.allow_unsafe_pickle)
+        for part in ("image_encoder", "text_encoder"):
+            if cfg[part].pretrained:
+                self.loaded_weights[f"{part}.pretrained"] = str(cfg[part].pretrained)
         if cfg.checkpoint:
             load_checkpoint(self, cfg.checkpoint, strict=True,
                             allow_unsafe_pickle=cfg.allow_unsafe_pickle)
+            self.loaded_weights["checkpoint"] = str(cfg.checkpoint)
 
     @classmethod
     def tiny_overrides(cls) -> Dict[str, Any]:
