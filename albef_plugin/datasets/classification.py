@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from albef_plugin.datasets.annotations import AnnotationError, FieldSpec, load_annotations
-from albef_plugin.datasets.images import ImageTextDataset, UnreadableImageError, read_rgb
+from albef_plugin.datasets.images import ImageTextDataset, UnreadableImageError, read_image_for
 
 __all__ = ["LabelledEntry", "LabelledImagesDataset", "LabelledImagesCollate", "load_labelled",
            "label_parser"]
@@ -123,7 +123,7 @@ class LabelledImagesDataset(ImageTextDataset):
         images = []
         for path in self.image_paths[index]:
             try:
-                images.append(read_rgb(path))
+                images.append(read_image_for(self.transform, path))
             except UnreadableImageError as exc:
                 if self.on_unreadable == "error":
                     raise UnreadableImageError(
