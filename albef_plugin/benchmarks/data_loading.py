@@ -3,7 +3,8 @@
 The files are the synthetic world's scenes rendered at 512 px and written as JPEG
 (quality 90), the size ALBEF pre-training crops from. Per image: decode, RandomResizedCrop
 to 256 px (bicubic), horizontal flip, RandAugment (N 2, M 7), to tensor and normalise,
-i.e. ``albef_image_train`` with its pre-training defaults.
+i.e. ``albef_image_train`` with its pre-training defaults, each backend decoding the file
+as the training datasets do (``read_image_for``: PIL, or ``torchvision.io`` for ``tensor``).
 
 "Images per second per core" is the count divided by the CPU seconds of the process
 with one intra-op thread (``time.process_time``), so it does not depend on how busy the
@@ -16,7 +17,6 @@ share below is therefore a lower bound.
 """
 from __future__ import annotations
 
-import io
 import statistics
 import tempfile
 import time
@@ -61,16 +61,14 @@ def per_core_throughput(paths: Sequence[Path], backend: str, samples: int,
     from torchvision import transforms as T
     from torchvision.transforms import InterpolationMode
 
-    from albef_plugin.datasets.images import read_rgb
+    from albef_plugin.datasets.images import read_image_for, read_rgb, read_rgb_tensor
     from albef_plugin.processors.image import ImageTrainProcessor
 
     torch.set_num_threads(1)
     proc = ImageTrainProcessor(image_size=image_size, backend=backend)
     n = len(paths)
-    if backend == "pil":
-        full = lambda i: proc(read_rgb(str(paths[i % n])))  # noqa: E731 (as the dataset does)
-    else:
-        full = lambda i: proc(str(paths[i % n]))  # noqa: E731
+    # as the datasets do: decode into what the processor takes (PIL, or torchvision.io's tensor)
+    full = lambda i: proc(read_image_for(proc, str(paths[i % n])))  # noqa: E731
     _cpu_ms(full, min(8, samples))  # warm caches and lazy imports
     total = _cpu_ms(full, samples)
     result: Dict[str, Any] = {"backend": backend, "ms_per_image": total,
@@ -91,6 +89,12 @@ def per_core_throughput(paths: Sequence[Path], backend: str, samples: int,
         result["jpeg_kib_mean"] = statistics.fmean(p.stat().st_size for p in paths) / 1024
         with Image.open(paths[0]) as img:
             result["source_size"] = img.size
+    else:
+        decoded = [read_rgb_tensor(str(p)) for p in paths]
+        result["stages_ms"] = {
+            "decode (torchvision.io)": _cpu_ms(lambda i: read_rgb_tensor(str(paths[i % n])), samples),
+            "crop, flip, RandAugment, normalise": _cpu_ms(lambda i: proc(decoded[i % n]), samples),
+        }
     return result
 
 
@@ -99,17 +103,15 @@ class _FileDataset(torch.utils.data.Dataset):
         from albef_plugin.processors.image import ImageTrainProcessor
 
         self.paths = [str(p) for p in paths]
-        self.backend = backend
         self.proc = ImageTrainProcessor(image_size=image_size, backend=backend)
 
     def __len__(self) -> int:
         return 1 << 30  # the loader is stopped after the batches it needs
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        from albef_plugin.datasets.images import read_rgb
+        from albef_plugin.datasets.images import read_image_for
 
-        path = self.paths[index % len(self.paths)]
-        return self.proc(read_rgb(path) if self.backend == "pil" else path)
+        return self.proc(read_image_for(self.proc, self.paths[index % len(self.paths)]))
 
 
 def loader_throughput(paths: Sequence[Path], backend: str, workers: int, batches: int,
@@ -155,8 +157,10 @@ def format_data_benchmark(result: Dict[str, Any]) -> str:
         lines.append(f"| {row['backend']} | {row['ms_per_image']:.2f} | "
                      f"{row['img_per_s_per_core']:.0f} | "
                      f"{NODE_TARGET_IMG_PER_S / row['img_per_s_per_core']:.0f} |")
-    lines += ["", "stages of the pil backend (ms / image): " + ", ".join(
-        f"{name} {ms:.2f}" for name, ms in pil["stages_ms"].items())]
+    lines.append("")
+    for row in result["per_core"]:
+        lines.append(f"stages of the {row['backend']} backend (ms / image): " + ", ".join(
+            f"{name} {ms:.2f}" for name, ms in row["stages_ms"].items()))
     for row in result["loaders"]:
         lines.append(f"DataLoader, {row['workers']} workers, backend {row['backend']}: "
                      f"{row['img_per_s']:.0f} img/s wall")

@@ -16,20 +16,28 @@ once (per process) and the sample is handled by the ``on_unreadable`` policy:
 Either way the collate function reports how many unreadable files were met in
 ``batch["num_skipped"]``. Counting in the batch, not in a dataset attribute, is what
 reaches the trainer when DataLoader workers (separate processes) read the images.
+
+What the image is decoded to follows the transform (:func:`read_image_for`): an RGB
+``PIL.Image`` (:func:`read_rgb`), or, for ``albef_image_train`` with ``backend: tensor``,
+a ``uint8 (3, H, W)`` tensor straight from ``torchvision.io`` (:func:`read_rgb_tensor`).
+Both check the file and report an unreadable one the same way, so the policy above does
+not depend on the backend.
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence, Set
+from typing import Any, Dict, List, Optional, Sequence, Set, Union
 
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from albef_plugin.errors import UserError
+from albef_plugin.processors.image import decode_rgb_tensor, takes_uint8_tensor
 
-__all__ = ["read_rgb", "check_image_files", "UnreadableImageError", "ImageTextDataset",
-           "ON_UNREADABLE_CHOICES"]
+__all__ = ["read_rgb", "read_rgb_tensor", "read_image_for", "check_image_files",
+           "UnreadableImageError", "ImageTextDataset", "ON_UNREADABLE_CHOICES"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +75,34 @@ def read_rgb(path: str) -> Image.Image:
             return img.convert("RGB")  # forces the full decode inside the try
     except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, struct.error ...
         raise UnreadableImageError(f"{path}: {type(exc).__name__}: {exc}") from exc
+
+
+def read_rgb_tensor(path: str) -> torch.Tensor:
+    """Read ``path`` and decode it into ``uint8 (3, H, W)`` RGB with
+    :func:`~albef_plugin.processors.image.decode_rgb_tensor` (the pixels of :func:`read_rgb`).
+
+    Raises:
+        UnreadableImageError: as :func:`read_rgb`.
+    """
+    reason = _not_a_regular_file(path)
+    if reason:
+        raise UnreadableImageError(f"{path}: {reason}")
+    try:
+        with open(path, "rb") as handle:
+            return decode_rgb_tensor(handle.read())
+    except Exception as exc:  # OSError from the read, PIL's errors for what it cannot decode
+        raise UnreadableImageError(f"{path}: {type(exc).__name__}: {exc}") from exc
+
+
+def read_image_for(transform: Any, path: str) -> Union[Image.Image, torch.Tensor]:
+    """``path`` decoded into what ``transform`` takes: a uint8 tensor when it says so
+    (``takes_uint8_tensor``: ``albef_image_train`` with ``backend: tensor``), else an RGB
+    ``PIL.Image``.
+
+    Raises:
+        UnreadableImageError: as :func:`read_rgb`.
+    """
+    return read_rgb_tensor(path) if takes_uint8_tensor(transform) else read_rgb(path)
 
 
 def check_image_files(paths: Sequence[str], what: str) -> None:
@@ -127,18 +163,19 @@ class ImageTextDataset(Dataset):
         """The image file(s) of entry ``index`` (default: the one of :meth:`_image_path`)."""
         return (self._image_path(index),)
 
-    def _add_images(self, item: Dict[str, Any], images: List[Image.Image]) -> None:
+    def _add_images(self, item: Dict[str, Any], images: List[Any]) -> None:
         """Put the transformed images into ``item`` (default: the one image as ``image``)."""
         item["image"] = self.transform(images[0])
 
     # --------------------------------------------------------------- access
-    def _read_images(self, index: int) -> Optional[List[Image.Image]]:
-        """Every image of entry ``index`` decoded, or None when one is unreadable (``error``:
-        raise; otherwise warn once per file, per process)."""
+    def _read_images(self, index: int) -> Optional[List[Any]]:
+        """Every image of entry ``index`` decoded (as :func:`read_image_for` gives it), or
+        None when one is unreadable (``error``: raise; otherwise warn once per file, per
+        process)."""
         images = []
         for path in self._image_files(index):
             try:
-                images.append(read_rgb(path))
+                images.append(read_image_for(self.transform, path))
             except UnreadableImageError as exc:
                 if self.on_unreadable == "error":
                     raise UnreadableImageError(

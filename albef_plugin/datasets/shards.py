@@ -28,6 +28,7 @@ from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
 from albef_plugin.errors import UserError
+from albef_plugin.processors.image import decode_rgb_tensor, takes_uint8_tensor
 
 __all__ = ["ShardError", "expand_shard_patterns", "is_url", "read_shard", "decode_pair", "image_id_of",
            "IMAGE_EXTENSIONS", "count_samples_from_stats"]
@@ -151,6 +152,9 @@ def decode_pair(raw: Dict[str, Any], transform: Any, choose: Callable[[int], int
         folder_index / num_folders: the shard's folder among those of the shard list (see
             :func:`image_id_of`).
 
+    The image goes to ``transform`` decoded as it takes it: a uint8 tensor from
+    ``torchvision.io`` for ``albef_image_train`` with ``backend: tensor``, else an RGB PIL image.
+
     Raises:
         ValueError / OSError: no image or caption, or they do not decode.
     """
@@ -167,8 +171,11 @@ def decode_pair(raw: Dict[str, Any], transform: Any, choose: Callable[[int], int
         raise ValueError(f"no caption (.txt) in sample {raw.get('__key__')!r}")
     if not caption:
         raise ValueError(f"empty caption in sample {raw.get('__key__')!r}")
-    with Image.open(io.BytesIO(image_bytes)) as img:
-        image = img.convert("RGB")  # decodes fully inside the with
+    if takes_uint8_tensor(transform):  # albef_image_train with backend: tensor
+        image: Any = decode_rgb_tensor(image_bytes)
+    else:
+        with Image.open(io.BytesIO(image_bytes)) as img:
+            image = img.convert("RGB")  # decodes fully inside the with
     return {"image": transform(image), "text": caption,
             "image_id": image_id_of(str(raw.get("__key__", "")), str(raw.get("__url__", "")),
                                     folder_index, num_folders)}

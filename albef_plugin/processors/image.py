@@ -18,15 +18,23 @@ flip, RandAugment draws, all from torch's global generator in the same order):
 - ``backend: tensor``: the crop-resize and flip run on a uint8 tensor with
   ``torchvision.transforms.v2.functional`` (antialiased bicubic, which matches PIL's
   filter), RandAugment stays in PIL (its tensor versions are slower on a CPU), and the
-  normalisation is one fused subtract-multiply. It also takes a file path or encoded
-  bytes instead of a PIL image.
-  About 1.4x the images per second per core (``tools/benchmark.py --data``); pixels
-  differ from the PIL backend by interpolation rounding only.
+  normalisation is one fused subtract-multiply. It takes a ``uint8 (3, H, W)`` RGB tensor,
+  a file path or encoded bytes as well as a PIL image; the training datasets see
+  :attr:`ImageTrainProcessor.takes_uint8_tensor` and hand it the file decoded by
+  :func:`decode_rgb_tensor` (``torchvision.io``), so no PIL image is made before the crop.
+  Pixels differ from the PIL backend by interpolation rounding only.
+
+:func:`decode_rgb_tensor` gives the pixels ``PIL.Image.open(...).convert("RGB")`` gives:
+JPEG and 8-bit PNG through ``torchvision.io.decode_image`` (RGB mode: grey replicated,
+alpha dropped, palette expanded; EXIF orientation not applied, as PIL's ``convert`` does not),
+every other format, and any file torchvision refuses or warns about (a truncated JPEG),
+through PIL, so what is readable is what PIL reads.
 """
 from __future__ import annotations
 
 import io
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional, Sequence, Union
 
@@ -40,7 +48,13 @@ from torchvision.transforms.v2 import functional as F2
 from albef_plugin.processors.randaugment import ALBEF_OPS, RandAugment
 from albef_plugin.registry import registry
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "ImageTrainProcessor", "ImageEvalProcessor"]
+try:  # deprecated in torchvision 0.29 for TorchCodec, still there in the pinned 0.29.1
+    from torchvision.io import ImageReadMode, decode_image
+except ImportError:  # a torchvision without it: every format goes through PIL
+    decode_image = None
+
+__all__ = ["CLIP_MEAN", "CLIP_STD", "ImageTrainProcessor", "ImageEvalProcessor",
+           "decode_rgb_tensor", "takes_uint8_tensor"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -66,7 +80,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 BACKENDS = ("pil", "tensor")
-ImageInput = Union[Image.Image, str, os.PathLike, bytes]
+ImageInput = Union[Image.Image, torch.Tensor, str, os.PathLike, bytes]
 
 
 def decode_rgb(source: Union[str, os.PathLike, bytes]) -> Image.Image:
@@ -78,6 +92,42 @@ def decode_rgb(source: Union[str, os.PathLike, bytes]) -> Image.Image:
 def pil_to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     """RGB ``PIL.Image`` -> ``uint8 (3, H, W)`` (one copy)."""
     return torch.from_numpy(np.array(_to_rgb(img), dtype=np.uint8)).permute(2, 0, 1)
+
+
+# formats torchvision.io decodes without an optional codec library: JPEG and PNG signatures
+_TORCHVISION_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
+_TORCHVISION_DEPRECATION = "The image decoding and encoding capabilities of TorchVision"
+
+
+def decode_rgb_tensor(data: bytes) -> torch.Tensor:
+    """Encoded image bytes -> ``uint8 (3, H, W)`` RGB, the pixels of :func:`decode_rgb`.
+
+    JPEG and PNG go through ``torchvision.io`` (straight into a tensor: no PIL image, no
+    numpy copy). Whatever torchvision refuses, warns about or returns with 16 bits (a
+    truncated or corrupt JPEG, a 16-bit PNG), and every other format, is decoded by PIL:
+    readable means what PIL reads, as on the PIL path, and PIL's error is the one raised.
+    """
+    if decode_image is not None and data.startswith(_TORCHVISION_SIGNATURES):
+        try:
+            with warnings.catch_warnings():
+                # a decoder warning (libjpeg's "corrupt data") becomes an error: PIL decides
+                # about that file, so readable stays what PIL reads
+                warnings.simplefilter("error")
+                # torchvision 0.29 warns on every call that its decoders are deprecated
+                warnings.filterwarnings("ignore", _TORCHVISION_DEPRECATION, DeprecationWarning)
+                image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                     mode=ImageReadMode.RGB)
+            if image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] == 3:
+                return image
+        except Exception:  # RuntimeError: truncated, corrupt; a warning raised as an error
+            pass
+    return pil_to_uint8_tensor(decode_rgb(data))
+
+
+def takes_uint8_tensor(transform: Any) -> bool:
+    """Whether ``transform`` wants a decoded ``uint8 (3, H, W)`` tensor rather than a PIL
+    image (``albef_image_train`` with ``backend: tensor``): what datasets decode to."""
+    return bool(getattr(transform, "takes_uint8_tensor", False))
 
 
 class TensorTrainTransform:
@@ -120,7 +170,8 @@ class TensorTrainTransform:
 class ImageTrainProcessor:
     """Training augmentation: random crop, flip, RandAugment, normalisation.
 
-    Call with a ``PIL.Image``; returns a float tensor ``(3, image_size, image_size)``.
+    Call with a ``PIL.Image`` (with ``backend: tensor`` also a uint8 tensor, a path or bytes);
+    returns a float tensor ``(3, image_size, image_size)``.
     """
 
     @dataclass
@@ -138,8 +189,9 @@ class ImageTrainProcessor:
         translate_reference_size: Optional[int] = 256
         mean: List[float] = field(default_factory=lambda: list(CLIP_MEAN))
         std: List[float] = field(default_factory=lambda: list(CLIP_STD))
-        # "pil" (torchvision transforms on PIL) or "tensor" (crop-resize on uint8 tensors,
-        # about 1.4x the images per second per core, same augmentation statistics).
+        # "pil" (torchvision transforms on PIL) or "tensor" (crop-resize on uint8 tensors; the
+        # datasets then decode with torchvision.io: about 1.3x the images per second per core,
+        # same augmentation statistics; README, Speed).
         backend: str = "pil"
 
     def __init__(self, *, image_size: int = 256, scale: Sequence[float] = (0.2, 1.0),
@@ -157,6 +209,8 @@ class ImageTrainProcessor:
             raise ValueError(f"albef_image_train backend={backend!r}: choose one of "
                              f"{', '.join(BACKENDS)}.")
         self.backend = backend
+        # read by the datasets (takes_uint8_tensor): decode straight to a tensor for this one
+        self.takes_uint8_tensor = backend == "tensor"
         augment = (RandAugment(randaugment_n, randaugment_m, ops=randaugment_ops,
                                translate_reference_size=translate_reference_size)
                    if randaugment else None)
@@ -178,15 +232,23 @@ class ImageTrainProcessor:
         return cls(**dict(config))
 
     def __call__(self, img: ImageInput) -> torch.Tensor:
-        """A ``PIL.Image`` (any backend), or with ``backend: tensor`` also a file path or
-        encoded bytes."""
+        """A ``PIL.Image`` (any backend), or with ``backend: tensor`` also a ``uint8 (3, H, W)``
+        RGB tensor, a file path or encoded bytes."""
         if self.backend == "tensor":
+            if isinstance(img, torch.Tensor):
+                if img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] != 3:
+                    raise TypeError(f"albef_image_train backend=tensor takes a uint8 (3, H, W) "
+                                    f"RGB tensor, got {img.dtype} {tuple(img.shape)}.")
+                return self.transform(img)
             if isinstance(img, Image.Image):
                 return self.transform(pil_to_uint8_tensor(img))
-            return self.transform(pil_to_uint8_tensor(decode_rgb(img)))
+            if not isinstance(img, bytes):
+                with open(img, "rb") as handle:
+                    img = handle.read()
+            return self.transform(decode_rgb_tensor(img))
         if not isinstance(img, Image.Image):
             raise TypeError(f"albef_image_train backend=pil takes a PIL.Image, got "
-                            f"{type(img).__name__}; use backend: tensor to pass paths or bytes.")
+                            f"{type(img).__name__}; use backend: tensor to pass tensors, paths or bytes.")
         return self.transform(_to_rgb(img))
 
     def __repr__(self) -> str:

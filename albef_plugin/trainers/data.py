@@ -14,7 +14,8 @@ Three pieces make the data stream a pure function of ``(seed, epoch, position)``
   The epoch travels in the key (not in an attribute of the dataset) because persistent
   workers hold their own copy of the dataset.
 * :class:`EpochBatchIterator` walks the loader epoch after epoch and knows the position
-  ``(epoch, iteration_in_epoch)`` of the next batch, which is what checkpoints store.
+  ``(epoch, iteration_in_epoch)`` of the next batch, which is what checkpoints store (the
+  counting is shared with the stream iterator: ``trainers/batch_position.py``).
 
 Randomness inside a ``collate_fn`` running in a worker is NOT covered (it follows the
 worker's seed); keep augmentations in ``__getitem__``.
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from albef_plugin.trainers.batch_position import PositionedBatches
 from albef_plugin.trainers.preemption import ignore_stop_signals
 
 logger = logging.getLogger(__name__)
@@ -232,12 +234,14 @@ def batch_size_of(batch: Dict[str, Any]) -> int:
     return 0
 
 
-class EpochBatchIterator:
+class EpochBatchIterator(PositionedBatches):
     """Endless batches from the training loader, epoch after epoch, with their position.
 
     ``position`` is ``(epoch, iteration_in_epoch)`` of the NEXT batch: what a checkpoint
-    stores and what :meth:`start_at` takes back. Each batch's ``num_skipped`` (samples
-    the dataset dropped, e.g. unreadable images) is popped and counted here.
+    stores and what :meth:`start_at` takes back (both from
+    :class:`~albef_plugin.trainers.batch_position.PositionedBatches`). Each batch's
+    ``num_skipped`` (samples the dataset dropped, e.g. unreadable images) is popped and
+    counted here.
 
     Args:
         loader / sampler: from :func:`build_train_loader`.
@@ -245,29 +249,14 @@ class EpochBatchIterator:
             last batch has been drawn (on every rank: it may run a collective).
     """
 
+    restart_each_epoch = True  # each epoch is a new pass of the sampler
+
     def __init__(self, loader: DataLoader, sampler: ResumableDistributedSampler,
                  on_epoch_end: Optional[Callable[[int, int], None]] = None) -> None:
-        self.loader = loader
+        batch_size = int(loader.batch_size or 1)
+        super().__init__(loader, sampler.num_samples // batch_size, on_epoch_end)  # drop_last
         self.sampler = sampler
-        self.batch_size = int(loader.batch_size or 1)
-        self.iterations_per_epoch = sampler.num_samples // self.batch_size  # drop_last
-        self.on_epoch_end = on_epoch_end
-        self.epoch = 0
-        self.iteration = 0
-        self.skipped_in_epoch = 0
-        self._iterator: Optional[Iterator[Any]] = None
         self._flag_group: Any = None
-
-    @property
-    def position(self) -> Tuple[int, int]:
-        return self.epoch, self.iteration
-
-    def start_at(self, epoch: int, iteration: int) -> None:
-        """Continue from a saved position; an iteration past the epoch's end starts the next epoch."""
-        if iteration >= self.iterations_per_epoch:
-            epoch, iteration = epoch + 1, 0
-        self.epoch, self.iteration = epoch, iteration
-        self._iterator = None
 
     def next(self) -> Tuple[Tuple[int, int], Dict[str, Any], int]:
         """The next batch.
@@ -298,31 +287,7 @@ class EpochBatchIterator:
             if not every_rank_has_data(batch_size_of(batch) > 0, self._flag_group):
                 num_skipped += batch_size_of(batch)  # left out so that all ranks skip together
                 batch = {}
-        self.skipped_in_epoch += num_skipped
-        position = self.position
-        self.iteration += 1
-        if self.iteration >= self.iterations_per_epoch:
-            if self.on_epoch_end is not None:
-                self.on_epoch_end(self.epoch, self.skipped_in_epoch)
-            self.epoch, self.iteration, self.skipped_in_epoch = self.epoch + 1, 0, 0
-            self._iterator = None
-        return position, batch, num_skipped
-
-
-    def close(self) -> None:
-        """Stop the loader's worker processes now.
-
-        Left to the garbage collector, an iterator caught in a reference cycle is finalised
-        after its queues, and each worker then waits out a 5 s timeout before exiting.
-        """
-        iterator, self._iterator = self._iterator, None
-        persistent = getattr(self.loader, "_iterator", None)  # kept by persistent_workers
-        for candidate in {id(i): i for i in (iterator, persistent) if i is not None}.values():
-            shutdown = getattr(candidate, "_shutdown_workers", None)  # multi-process iterators only
-            if shutdown is not None:
-                shutdown()
-        if persistent is not None:
-            self.loader._iterator = None
+        return self._advance(num_skipped), batch, num_skipped
 
 
 def concat_or_single(datasets: Sequence[Dataset]) -> Dataset:

@@ -24,7 +24,7 @@ stream itself never ends, so epochs do not restart the workers.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from albef_plugin.config.loader import ConfigError
 from albef_plugin.datasets.streams import MapStyleSource, SampleStream, StreamSource
 from albef_plugin.distributed import get_rank, get_world_size, is_distributed
+from albef_plugin.trainers.batch_position import PositionedBatches
 from albef_plugin.trainers.preemption import init_signal_free_worker
 
 __all__ = ["StreamCollate", "StreamBatchIterator", "build_stream_batches", "gather_stream_state",
@@ -57,39 +58,29 @@ class StreamCollate:
         return batch
 
 
-class StreamBatchIterator:
+class StreamBatchIterator(PositionedBatches):
     """Batches of a stream with their position; the interface of ``EpochBatchIterator``
-    (``position``, ``start_at``, ``next``, ``close``, ``epoch``, ``iteration``, ...)."""
+    (``position``, ``start_at``, ``next``, ``close``, ``epoch``, ``iteration``, ...: the
+    counting both share is :class:`~albef_plugin.trainers.batch_position.PositionedBatches`).
+    ``start_at`` sets the epoch counters only; the stream's own position comes from
+    :meth:`load_stream_state`."""
+
+    restart_each_epoch = False  # the stream never ends: epochs do not restart the workers
 
     def __init__(self, loader: DataLoader, stream: SampleStream, world_size: int,
                  on_epoch_end: Optional[Callable[[int, int], None]] = None) -> None:
-        self.loader = loader
+        batch_size = int(loader.batch_size or 1)
+        iterations_per_epoch = stream.samples_per_epoch // (batch_size * world_size)
+        if iterations_per_epoch < 1:
+            raise ConfigError(f"samples_per_epoch={stream.samples_per_epoch} of the training stream is "
+                             f"less than one global batch ({batch_size} x {world_size} processes): "
+                             f"raise the dataset's samples_per_epoch or lower training.batch_size.")
+        super().__init__(loader, iterations_per_epoch, on_epoch_end)
         self.stream = stream
         self.sampler = stream  # what decides the order (its ``seed`` goes into checkpoints)
-        self.batch_size = int(loader.batch_size or 1)
         self.world_size = world_size
-        self.iterations_per_epoch = stream.samples_per_epoch // (self.batch_size * world_size)
-        if self.iterations_per_epoch < 1:
-            raise ConfigError(f"samples_per_epoch={stream.samples_per_epoch} of the training stream is "
-                             f"less than one global batch ({self.batch_size} x {world_size} processes): "
-                             f"raise the dataset's samples_per_epoch or lower training.batch_size.")
-        self.on_epoch_end = on_epoch_end
-        self.epoch = 0
-        self.iteration = 0
-        self.skipped_in_epoch = 0
         self.slot_states: Dict[int, Dict[str, Any]] = {}
         self.next_slot = 0
-        self._iterator: Optional[Iterator[Any]] = None
-
-    @property
-    def position(self) -> Tuple[int, int]:
-        return self.epoch, self.iteration
-
-    def start_at(self, epoch: int, iteration: int) -> None:
-        """Set the epoch counters (the stream position comes from :meth:`load_stream_state`)."""
-        if iteration >= self.iterations_per_epoch:
-            epoch, iteration = epoch + 1, 0
-        self.epoch, self.iteration = epoch, iteration
 
     # ------------------------------------------------------------ stream state
     def rank_state(self) -> Dict[str, Any]:
@@ -133,26 +124,7 @@ class StreamBatchIterator:
         self.slot_states[slot] = state
         self.next_slot = (slot + 1) % self.stream.slots_per_rank
         num_skipped = int(batch.pop("num_skipped", 0))
-        self.skipped_in_epoch += num_skipped
-        position = self.position
-        self.iteration += 1
-        if self.iteration >= self.iterations_per_epoch:
-            if self.on_epoch_end is not None:
-                self.on_epoch_end(self.epoch, self.skipped_in_epoch)
-            self.epoch, self.iteration, self.skipped_in_epoch = self.epoch + 1, 0, 0
-        return position, batch, num_skipped
-
-    def close(self) -> None:
-        """Stop the loader's workers now (as ``EpochBatchIterator.close``; an endless stream's
-        workers would otherwise wait out a timeout at exit)."""
-        iterator, self._iterator = self._iterator, None
-        persistent = getattr(self.loader, "_iterator", None)
-        for candidate in {id(i): i for i in (iterator, persistent) if i is not None}.values():
-            shutdown = getattr(candidate, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
-        if persistent is not None:
-            self.loader._iterator = None
+        return self._advance(num_skipped), batch, num_skipped
 
 
 def _earliest_positions(ranks: List[Dict[str, Any]], sources: List[StreamSource]) -> List[Dict[str, Any]]:

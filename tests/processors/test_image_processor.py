@@ -99,6 +99,8 @@ def test_train_processor_pickles():
 # ------------------------------------------------------------------ backend: tensor
 import io  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 from torchvision.transforms import functional as F  # noqa: E402
 from torchvision.transforms.v2 import functional as F2  # noqa: E402
 
@@ -113,9 +115,12 @@ def test_tensor_backend_matches_pil_shape_and_takes_paths_and_bytes(tmp_path):
     proc = ImageTrainProcessor(image_size=24, backend="tensor")
     path = tmp_path / "a.jpg"
     path.write_bytes(_jpeg_bytes())
-    for source in (_two_halves(50, 30), str(path), path.read_bytes()):
+    decoded = torch.from_numpy(np.array(_two_halves(50, 30))).permute(2, 0, 1)
+    for source in (_two_halves(50, 30), str(path), path.read_bytes(), decoded):
         out = proc(source)
         assert out.shape == (3, 24, 24) and out.dtype == torch.float32
+    with pytest.raises(TypeError, match=r"uint8 \(3, H, W\) RGB tensor, got torch.float32"):
+        proc(decoded.float())
     with pytest.raises(ValueError, match="backend='gpu'"):
         ImageTrainProcessor(backend="gpu")
     with pytest.raises(TypeError, match="backend=pil takes a PIL.Image"):
@@ -138,35 +143,49 @@ def test_tensor_backend_pixels_close_to_pil_backend():
     assert with_augment(img).shape == (3, 32, 32)
 
 
-def _sampled_parameters(backend: str, seed: int, samples: int):
-    """(area fraction, aspect ratio, flipped) of every crop the pipeline applies, spied at
-    the functions that apply them (not at the sampler)."""
-    jpeg = _jpeg_bytes(120, 90)
-    image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+def _yaml_configured_train_set(folder, switch_yaml: str):
+    """The ``albef_pretrain_json`` training set of one 120x90 JPEG, built by its builder from
+    the YAML defaults plus ``switch_yaml`` (how a user sets the backend)."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from albef_plugin.datasets import PretrainJsonBuilder
+
+    (folder / "photo.jpg").write_bytes(_jpeg_bytes(120, 90))
+    (folder / "pretrain.json").write_text(json.dumps([{"image": "photo.jpg", "caption": "c"}]))
+    user_yaml = OmegaConf.create(f"""
+data_dir: {folder}
+image_size: 16
+annotations: {{train: [pretrain.json]}}
+{switch_yaml}
+""")
+    return PretrainJsonBuilder(PretrainJsonBuilder.make_config(user_yaml)).build("train")
+
+
+def _sampled_parameters(dataset, seed: int, samples: int):
+    """(area fraction, aspect ratio, flipped) of every crop the dataset's pipeline applies,
+    spied at the functions that apply them (not at the sampler), for either backend."""
     crops, flips = [], [0]
-    module, crop_name, flip_name = ((F, "resized_crop", "hflip") if backend == "pil"
-                                    else (F2, "resized_crop", "horizontal_flip"))
-    real_crop, real_flip = getattr(module, crop_name), getattr(module, flip_name)
-
-    def crop_spy(img, top, left, height, width, *args, **kwargs):
-        crops.append((height * width / (120 * 90), width / height))
-        return real_crop(img, top, left, height, width, *args, **kwargs)
-
-    def flip_spy(img, *args, **kwargs):
-        flips[0] += 1
-        return real_flip(img, *args, **kwargs)
-
-    proc = ImageTrainProcessor(image_size=16, randaugment=False, backend=backend)
     mp = pytest.MonkeyPatch()
-    mp.setattr(module, crop_name, crop_spy)
-    mp.setattr(module, flip_name, flip_spy)
-    if backend == "tensor":  # the transform imported F2 by name
-        import albef_plugin.processors.image as image_module
-        mp.setattr(image_module.F2, crop_name, crop_spy)
+    for module, crop_name, flip_name in ((F, "resized_crop", "hflip"),
+                                         (F2, "resized_crop", "horizontal_flip")):
+        real_crop, real_flip = getattr(module, crop_name), getattr(module, flip_name)
+
+        def crop_spy(img, top, left, height, width, *args, _real=real_crop, **kwargs):
+            crops.append((height * width / (120 * 90), width / height))
+            return _real(img, top, left, height, width, *args, **kwargs)
+
+        def flip_spy(img, *args, _real=real_flip, **kwargs):
+            flips[0] += 1
+            return _real(img, *args, **kwargs)
+
+        mp.setattr(module, crop_name, crop_spy)
+        mp.setattr(module, flip_name, flip_spy)
     try:
         torch.manual_seed(seed)
         for _ in range(samples):
-            proc(image if backend == "pil" else jpeg)
+            dataset[0]
     finally:
         mp.undo()
     area = torch.tensor([c[0] for c in crops])
@@ -174,12 +193,21 @@ def _sampled_parameters(backend: str, seed: int, samples: int):
     return area, ratio, flips[0] / samples
 
 
-def test_tensor_backend_keeps_the_augmentation_statistics():
-    """Over 10,000 samples (different seeds): crop-area and aspect-ratio histograms within 2
-    percentage points per bin, means within 2%, flip rates within 2 points."""
+def test_tensor_backend_keeps_the_augmentation_statistics(tmp_path):
+    """The switch as a user sets it in YAML, through the dataset (file decoded by
+    torchvision.io, RandAugment on as configured): over 10,000 samples (different seeds),
+    crop-area and aspect-ratio histograms within 2 percentage points per bin, means within
+    2%, flip rates within 2 points of today's PIL pipeline."""
+    (tmp_path / "pil").mkdir()
+    (tmp_path / "tensor").mkdir()
+    pil = _yaml_configured_train_set(tmp_path / "pil", "")  # the default
+    fast = _yaml_configured_train_set(tmp_path / "tensor",
+                                      "processors: {train_image: {params: {backend: tensor}}}")
+    assert pil.transform.backend == "pil" and fast.transform.takes_uint8_tensor
+    assert fast.transform.transform.randaugment is not None  # the YAML default: on
     n = 10_000
-    area_pil, ratio_pil, flip_pil = _sampled_parameters("pil", seed=0, samples=n)
-    area_t, ratio_t, flip_t = _sampled_parameters("tensor", seed=1, samples=n)
+    area_pil, ratio_pil, flip_pil = _sampled_parameters(pil, seed=0, samples=n)
+    area_t, ratio_t, flip_t = _sampled_parameters(fast, seed=1, samples=n)
     assert len(area_pil) == len(area_t) == n
     assert area_pil.min() >= 0.19 and area_pil.max() <= 1.0  # scale (0.2, 1.0), rounding aside
     for ours, theirs, low, high in ((area_t, area_pil, 0.2, 1.0),

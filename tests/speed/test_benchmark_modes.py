@@ -63,6 +63,7 @@ def test_data_benchmark_measures_both_backends(tmp_path):
         row = data_loading.per_core_throughput(paths, backend, samples=3, image_size=32)
         assert row["img_per_s_per_core"] > 0
     assert set(row.keys()) >= {"backend", "ms_per_image"}
+    assert set(row["stages_ms"]) == {"decode (torchvision.io)", "crop, flip, RandAugment, normalise"}
     pil = data_loading.per_core_throughput(paths, "pil", samples=2, image_size=32)
     assert set(pil["stages_ms"]) == {"decode", "random resized crop", "RandAugment",
                                      "to tensor + normalise"}

@@ -109,3 +109,34 @@ def test_partial_batches_are_padded_to_full_size_and_empty_ones_stay_empty():
     sampler.shuffle = False
     position, first, skipped = EpochBatchIterator(loader, sampler).next()
     assert skipped == 3 and first["index"].tolist() == [3, 3, 3, 3]
+
+
+def test_shared_position_counting_of_both_batch_iterators():
+    """PositionedBatches: the counting EpochBatchIterator and StreamBatchIterator share; only
+    the map-style one starts a new loader iterator at an epoch boundary or a start_at."""
+    from torch.utils.data import DataLoader
+
+    from albef_plugin.trainers.batch_position import PositionedBatches
+
+    ends = []
+
+    class Counting(PositionedBatches):
+        def next(self, num_skipped):
+            self._iterator = self._iterator or iter(range(100))
+            next(self._iterator)
+            return self._advance(num_skipped)
+
+    for restart in (True, False):
+        batches = Counting(DataLoader(range(6), batch_size=2), iterations_per_epoch=3,
+                           on_epoch_end=lambda epoch, skipped: ends.append((epoch, skipped)))
+        batches.restart_each_epoch = restart
+        assert [batches.next(n) for n in (1, 0, 2)] == [(0, 0), (0, 1), (0, 2)]
+        assert ends == [(0, 3)] and batches.position == (1, 0)
+        assert (batches._iterator is None) is restart  # the epoch's end
+        assert batches.next(5) == (1, 0) and batches.skipped_in_epoch == 5
+        kept = batches._iterator
+        batches.start_at(4, 3)  # past the epoch's end: the next epoch
+        assert batches.position == (5, 0) and (batches._iterator is kept) is not restart
+        batches.close()
+        assert batches._iterator is None
+        ends.clear()
