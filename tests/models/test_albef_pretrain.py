@@ -293,3 +293,27 @@ def test_queue_size_zero_trains_on_in_batch_negatives_only(tiny_overrides, batch
     sum(output["losses"].values()).backward()
     assert all(torch.isfinite(v) for v in output["losses"].values())
     assert int(model.queue_ptr) == 0  # nothing to enqueue into
+
+
+def test_itm_random_negatives_warm_up(tiny_overrides, batch, monkeypatch):
+    """During the first itm_random_negatives_updates updates the ITM negatives are drawn with
+    equal weights (zero similarities); afterwards, and without a TrainState (a user's own
+    loop, the official behaviour), by ITC similarity."""
+    import albef_plugin.models.albef.base as base
+
+    drawn_with = []
+    real = base.sample_hard_negatives
+
+    def spy(sim_i2t, sim_t2i, *args, **kwargs):
+        drawn_with.append(bool((sim_i2t == 0).all() and (sim_t2i == 0).all()))
+        return real(sim_i2t, sim_t2i, *args, **kwargs)
+
+    monkeypatch.setattr(base, "sample_hard_negatives", spy)
+    tiny_overrides["itm_random_negatives_updates"] = 3
+    model = build_model("albef_pretrain", tiny_overrides).train()
+    for state in (TrainState(update=0), TrainState(update=2), TrainState(update=3), None):
+        model(batch, train_state=state)
+    assert drawn_with == [True, True, False, False]
+    tiny_overrides["itm_random_negatives_updates"] = -1
+    with pytest.raises(ValueError, match="itm_random_negatives_updates=-1"):
+        build_model("albef_pretrain", tiny_overrides)

@@ -62,6 +62,11 @@ class ALBEFPretrain(ALBEFBase):
         # random initialisation the official form has nothing to bootstrap from (the momentum
         # targets are near-constant); see the demo config and README for the measurements.
         itc_batch_features: str = "momentum"
+        # ITM negatives are drawn uniformly (among the batch's other pairs) rather than by ITC
+        # similarity for the first N optimizer updates. 0 (official): hard negatives from the
+        # start. A from-scratch model (the CPU demo) can use a warm-up: hard negatives drawn
+        # by a sharp ITC are too hard for a fusion encoder that has learned nothing yet.
+        itm_random_negatives_updates: int = 0
         loss_weights: LossWeights = field(default_factory=LossWeights)
 
     text_encoder_with_mlm_head = True
@@ -83,6 +88,10 @@ class ALBEFPretrain(ALBEFBase):
         self.itc_online_batch = cfg.itc_batch_features == "online"
         self.temp_min, self.temp_max = float(cfg.temp_min), float(cfg.temp_max)
         self.mlm_probability = float(cfg.mlm_probability)
+        self.itm_random_negatives_updates = int(cfg.itm_random_negatives_updates)
+        if self.itm_random_negatives_updates < 0:
+            raise ValueError(f"itm_random_negatives_updates={self.itm_random_negatives_updates}: "
+                             f"expected 0 (official) or a number of updates.")
         weights = cfg.loss_weights
         self.loss_weights = LossWeights(float(weights.itc), float(weights.itm), float(weights.mlm))
         text = cfg.text_encoder
@@ -133,6 +142,8 @@ class ALBEFPretrain(ALBEFBase):
             "itc": weights.itc * itc_loss(sim_i2t, sim_t2i, sim_i2t_m, sim_t2i_m, alpha)}
         metrics: Dict[str, torch.Tensor] = {"temp": self.temp.detach()}
         if weights.itm:
+            if self._itm_random_negatives(train_state):  # equal weights: uniform draws
+                sim_i2t, sim_t2i = torch.zeros_like(sim_i2t), torch.zeros_like(sim_t2i)
             loss_itm, metrics["itm_accuracy"] = self.itm_loss_and_accuracy(
                 image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i, batch.get("image_id"))
             losses["itm"] = weights.itm * loss_itm
@@ -145,6 +156,12 @@ class ALBEFPretrain(ALBEFBase):
         return {"losses": losses, "alpha": alpha, "metrics": metrics}
 
     # ------------------------------------------------------------------- helpers
+    def _itm_random_negatives(self, train_state: Optional[TrainState]) -> bool:
+        """Whether this training forward is in the ITM warm-up (``itm_random_negatives_updates``);
+        a loop without a TrainState gets hard negatives, as the official code."""
+        return (self.training and train_state is not None
+                and train_state.update < self.itm_random_negatives_updates)
+
     def _mlm_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   image_embeds: torch.Tensor, image_embeds_m: torch.Tensor,
                   alpha: Alpha) -> torch.Tensor:
