@@ -33,8 +33,10 @@ DEMO_WORLD = {"num_train": 1000, "num_val": 100, "num_test": 200}
 # The demo model (projects/albef/configs/demo/pretrain.yaml) shrunk to width 64 and a
 # 2-block ViT, so the pretraining fits in about five minutes on two cores. Task models
 # take the same sizes to load the checkpoint.
+# Two fusion layers (the demo has three): the downstream tests' thresholds were measured with it.
 DEMO_MODEL = {"image_encoder.width": 64, "image_encoder.depth": 2, "text_encoder.hidden_size": 64,
-              "text_encoder.intermediate_size": 256, "embed_dim": 64}
+              "text_encoder.intermediate_size": 256, "text_encoder.num_hidden_layers": 4,
+              "embed_dim": 64}
 # ITC leaves chance after ~250 updates at this size (ln 32 until then): the learning rate
 # stays high afterwards so the run ends well above chance.
 # The loss weights are pinned here (not inherited from the demo config, which may be retuned) so

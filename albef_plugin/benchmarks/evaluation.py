@@ -27,7 +27,7 @@ __all__ = ["DEMO_MODEL_OVERRIDES", "CaptionedImages", "run_cpu_evaluation", "pap
 DEMO_MODEL_OVERRIDES = (
     "image_encoder.image_size=64", "image_encoder.patch_size=8", "image_encoder.width=128",
     "image_encoder.depth=4", "image_encoder.num_heads=4", "text_encoder.hidden_size=128",
-    "text_encoder.num_hidden_layers=4", "text_encoder.fusion_layer=2",
+    "text_encoder.num_hidden_layers=5", "text_encoder.fusion_layer=2",
     "text_encoder.num_attention_heads=4", "text_encoder.intermediate_size=512", "embed_dim=128",
     "queue_size=0",
 )
