@@ -15,7 +15,7 @@ achieved rate, which is printed with the result.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List
 
 import torch
 
