@@ -72,6 +72,13 @@ def parse_opts(opts: Sequence[str]) -> Tuple[Optional[str], List[str]]:
     return config_file, dotlist
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (OmegaConf appends key / type lines), or its
+    type name when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _is_list_override(item: str) -> bool:
     """``a.0.b=v``: a dotlist item that addresses a list element by index."""
     return any(part.isdigit() for part in item.split("=", 1)[0].split("."))
@@ -99,8 +106,7 @@ def _apply_list_overrides(cfg: DictConfig, items: Sequence[str]) -> None:
         try:
             OmegaConf.update(cfg, key, parsed, merge=True)
         except (OmegaConfBaseException, TypeError, ValueError, IndexError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"Cannot set {key!r} (from the command line): {first_line}") from None
+            raise ConfigError(f"Cannot set {key!r} (from the command line): {_first_line(exc)}") from None
 
 
 def _find_include(name: str, including_file: Path) -> Path:
@@ -186,8 +192,7 @@ def merge_checked(base: DictConfig, other: Any, source: str, path_prefix: str = 
         message = str(exc.msg).splitlines()[0]  # omegaconf appends full_key / object_type lines
         raise ConfigError(f"Invalid value for {full_key!r} (from {source}): {message}") from None
     except (OmegaConfBaseException, TypeError) as exc:  # TypeError: a dict merged into a list
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"Cannot merge config from {source}: {first_line}") from None
+        raise ConfigError(f"Cannot merge config from {source}: {_first_line(exc)}") from None
 
 
 def _select(node: Optional[DictConfig], key: str) -> Any:
@@ -274,8 +279,8 @@ def build_config(opts: Optional[Sequence[str]] = None, *, import_plugins: bool =
             raise ConfigError(f"environment variable {name} is not set ({key} reads it): export "
                               f"{name}=<value>, or set the key that reads it on the command line "
                               f"(e.g. env.data_dir=<folder> for ALBEF_DATA_DIR).") from None
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"Cannot resolve an interpolation (${{...}}) of {key}: {first_line}") from None
+        raise ConfigError(f"Cannot resolve an interpolation (${{...}}) of {key}: "
+                          f"{_first_line(exc)}") from None
     cfg.evaluation.metrics = _checked_metrics(cfg.evaluation.metrics)
     OmegaConf.set_struct(cfg, True)
     validate_config(cfg, model_cls)

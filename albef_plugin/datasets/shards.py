@@ -16,7 +16,6 @@ and skipped, never the end of a long run (unless ``on_unreadable: error``).
 from __future__ import annotations
 
 import glob
-import io
 import json
 import logging
 import os
@@ -24,11 +23,10 @@ import zlib
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import braceexpand
-from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
 from albef_plugin.errors import UserError
-from albef_plugin.processors.image import decode_rgb_tensor, takes_uint8_tensor
+from albef_plugin.processors.image import decode_rgb, decode_rgb_tensor, takes_uint8_tensor
 
 __all__ = ["ShardError", "expand_shard_patterns", "is_url", "read_shard", "decode_pair", "image_id_of",
            "IMAGE_EXTENSIONS", "count_samples_from_stats"]
@@ -171,11 +169,8 @@ def decode_pair(raw: Dict[str, Any], transform: Any, choose: Callable[[int], int
         raise ValueError(f"no caption (.txt) in sample {raw.get('__key__')!r}")
     if not caption:
         raise ValueError(f"empty caption in sample {raw.get('__key__')!r}")
-    if takes_uint8_tensor(transform):  # albef_image_train with backend: tensor
-        image: Any = decode_rgb_tensor(image_bytes)
-    else:
-        with Image.open(io.BytesIO(image_bytes)) as img:
-            image = img.convert("RGB")  # decodes fully inside the with
+    # albef_image_train with backend: tensor takes torchvision.io's uint8 tensor
+    image = decode_rgb_tensor(image_bytes) if takes_uint8_tensor(transform) else decode_rgb(image_bytes)
     return {"image": transform(image), "text": caption,
             "image_id": image_id_of(str(raw.get("__key__", "")), str(raw.get("__url__", "")),
                                     folder_index, num_folders)}

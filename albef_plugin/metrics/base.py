@@ -39,9 +39,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass
-import logging
 from typing import (Any, Callable, ContextManager, Dict, Iterable, Iterator, List, Mapping, Optional,
                     Union)
 
