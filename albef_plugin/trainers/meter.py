@@ -4,7 +4,9 @@ Loss sums stay on the device as tensors; ``.item()`` happens only in :meth:`summ
 (log intervals). Diverging losses are watched the same way: a device flag records the
 first update whose losses were NaN/inf, or whose total loss spiked above
 ``spike_factor`` x the median of the last ``window`` micro-batches (a run blowing up often
-shows huge but finite losses first), with those losses; :meth:`first_non_finite` reads it
+shows huge but finite losses first), with those losses. When an objective joins (a loss that
+was exactly zero becomes non-zero, e.g. ITM after ``itc_only_updates``), the median restarts
+from that micro-batch: the total rises by design, not by divergence; :meth:`first_non_finite` reads it
 (one sync) at log intervals and before every checkpoint write.
 """
 from __future__ import annotations
@@ -45,6 +47,7 @@ class TrainMeter:
         self._bad_names: Tuple[str, ...] = ()
         self._bad_values: Optional[torch.Tensor] = None
         self._bad_median = torch.full((), float("nan"), device=device)
+        self._most_active: Optional[torch.Tensor] = None  # most non-zero losses seen at once
         self.reset()
 
     def reset(self) -> None:
@@ -76,6 +79,13 @@ class TrainMeter:
             self._bad_names, self._bad_values = names, torch.zeros_like(values)
         total = named["total_loss"]
         bad = ~torch.isfinite(values).all()
+        active = (values != 0).sum()
+        if self._most_active is None:
+            self._most_active = active
+        joined = active > self._most_active  # an objective started: restart the median
+        self._most_active = torch.maximum(self._most_active, active)
+        self._history = torch.where(joined, torch.full_like(self._history, float("nan")),
+                                    self._history)
         median = torch.nanmedian(self._history)
         if self.spike_factor > 0 and self._seen >= self._min_history:
             bad = bad | ((median > 0) & (total > self.spike_factor * median))

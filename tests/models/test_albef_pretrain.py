@@ -317,3 +317,31 @@ def test_itm_random_negatives_warm_up(tiny_overrides, batch, monkeypatch):
     tiny_overrides["itm_random_negatives_updates"] = -1
     with pytest.raises(ValueError, match="itm_random_negatives_updates=-1"):
         build_model("albef_pretrain", tiny_overrides)
+
+
+def test_itc_only_updates_skip_itm_and_mlm_until_then(tiny_overrides, batch):
+    """Before itc_only_updates, ITM and MLM report an exact zero that still reaches every
+    trainable parameter (so DDP sees them used) without moving any; from that update on,
+    and without a TrainState (a user's own loop), all objectives train as the official code."""
+    tiny_overrides["itc_only_updates"] = 2
+    tiny_overrides["mlm_probability"] = 0.9  # some token masked in the tiny batch
+    torch.manual_seed(0)
+    model = build_model("albef_pretrain", tiny_overrides).train()
+    for state, started in ((TrainState(update=0), False), (TrainState(update=1), False),
+                           (TrainState(update=2), True), (None, True)):
+        model.zero_grad(set_to_none=True)
+        losses = model(batch, train_state=state)["losses"]
+        assert set(losses) == {"itc", "itm", "mlm"}
+        (losses["itm"] + losses["mlm"]).backward()
+        head_grad = model.itm_head.weight.grad
+        assert head_grad is not None  # in the graph either way
+        if started:
+            assert losses["itm"].item() > 0.1 and losses["mlm"].item() > 0.1
+            assert head_grad.abs().sum() > 0
+        else:
+            assert losses["itm"].item() == 0.0 and losses["mlm"].item() == 0.0
+            assert all(p.grad is not None and p.grad.abs().sum() == 0
+                       for p in model.parameters() if p.requires_grad)
+    tiny_overrides["itc_only_updates"] = -1
+    with pytest.raises(ValueError, match="itc_only_updates=-1"):
+        build_model("albef_pretrain", tiny_overrides)

@@ -61,3 +61,25 @@ def test_a_loss_spike_stops_the_run_before_any_nan(tmp_path):
     meter.add({"a": torch.tensor(float("nan"))}, torch.tensor(float("nan")), 4, 17)
     update, losses = meter.first_non_finite()
     assert update == 16 and losses["total_loss"] == 50.0 and losses["recent_median"] == 1.0
+
+
+def test_an_objective_joining_late_is_not_a_spike():
+    """ITM and MLM join after ``itc_only_updates`` (their losses were exact zeros): the total
+    rises by design, so the median restarts there; a later real spike is still caught."""
+    from albef_plugin.trainers.meter import TrainMeter
+    import torch
+
+    meter = TrainMeter(torch.device("cpu"), spike_factor=10.0, window=20)
+
+    def add(itc: float, itm: float, update: int) -> None:
+        meter.add({"itc": torch.tensor(itc), "itm": torch.tensor(itm)}, torch.tensor(itc + itm),
+                  4, update)
+
+    for update in range(1, 16):
+        add(0.5, 0.0, update)
+    for update in range(16, 30):
+        add(0.5, 10.0, update)  # 21x the ITC-only median
+    assert meter.first_non_finite() is None
+    add(0.5, 500.0, 30)
+    update, losses = meter.first_non_finite()
+    assert update == 30 and losses["recent_median"] == 10.5

@@ -67,6 +67,12 @@ class ALBEFPretrain(ALBEFBase):
         # start. A from-scratch model (the CPU demo) can use a warm-up: hard negatives drawn
         # by a sharp ITC are too hard for a fusion encoder that has learned nothing yet.
         itm_random_negatives_updates: int = 0
+        # For the first N optimizer updates only ITC is trained (ITM and MLM, with their fusion
+        # passes, are skipped). 0 (official): all objectives from the first update. From a
+        # random initialisation the ITC features start collapsed and ITC's signal is tiny; the
+        # gradients of ITM and MLM through the shared encoders then hold ITC at chance for
+        # longer, by a seed-dependent amount (the CPU demo; README, "Demo").
+        itc_only_updates: int = 0
         loss_weights: LossWeights = field(default_factory=LossWeights)
 
     text_encoder_with_mlm_head = True
@@ -92,6 +98,10 @@ class ALBEFPretrain(ALBEFBase):
         if self.itm_random_negatives_updates < 0:
             raise ValueError(f"itm_random_negatives_updates={self.itm_random_negatives_updates}: "
                              f"expected 0 (official) or a number of updates.")
+        self.itc_only_updates = int(cfg.itc_only_updates)
+        if self.itc_only_updates < 0:
+            raise ValueError(f"itc_only_updates={self.itc_only_updates}: expected 0 (official) "
+                             f"or a number of updates.")
         weights = cfg.loss_weights
         self.loss_weights = LossWeights(float(weights.itc), float(weights.itm), float(weights.mlm))
         text = cfg.text_encoder
@@ -141,13 +151,20 @@ class ALBEFPretrain(ALBEFBase):
         losses: Dict[str, torch.Tensor] = {
             "itc": weights.itc * itc_loss(sim_i2t, sim_t2i, sim_i2t_m, sim_t2i_m, alpha)}
         metrics: Dict[str, torch.Tensor] = {"temp": self.temp.detach()}
-        if weights.itm:
+        itc_only = self._itc_only(train_state)
+        if itc_only:
+            # ITM and MLM report an exact zero that still touches every trainable parameter,
+            # so DDP (without find_unused_parameters) sees all of them used.
+            untouched = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+            losses.update({name: untouched for name, weight in (("itm", weights.itm),
+                                                                   ("mlm", weights.mlm)) if weight})
+        elif weights.itm:
             if self._itm_random_negatives(train_state):  # equal weights: uniform draws
                 sim_i2t, sim_t2i = torch.zeros_like(sim_i2t), torch.zeros_like(sim_t2i)
             loss_itm, metrics["itm_accuracy"] = self.itm_loss_and_accuracy(
                 image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i, batch.get("image_id"))
             losses["itm"] = weights.itm * loss_itm
-        if weights.mlm:
+        if weights.mlm and not itc_only:
             losses["mlm"] = weights.mlm * self._mlm_loss(
                 input_ids, attention_mask, image_embeds, image_embeds_m, alpha)
 
@@ -156,6 +173,12 @@ class ALBEFPretrain(ALBEFBase):
         return {"losses": losses, "alpha": alpha, "metrics": metrics}
 
     # ------------------------------------------------------------------- helpers
+    def _itc_only(self, train_state: Optional[TrainState]) -> bool:
+        """Whether this training forward comes before ``itc_only_updates``; a loop without a
+        TrainState trains all objectives from the start, as the official code."""
+        return (self.training and train_state is not None
+                and train_state.update < self.itc_only_updates)
+
     def _itm_random_negatives(self, train_state: Optional[TrainState]) -> bool:
         """Whether this training forward is in the ITM warm-up (``itm_random_negatives_updates``);
         a loop without a TrainState gets hard negatives, as the official code."""

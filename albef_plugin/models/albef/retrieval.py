@@ -24,8 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-import torch
-
 from albef_plugin.losses.itc import itc_loss
 from albef_plugin.models.albef.base import ALBEFBase
 from albef_plugin.models.albef.components import ImageEncoderConfig

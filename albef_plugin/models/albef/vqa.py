@@ -41,7 +41,7 @@ from albef_plugin.models.albef.vqa_decoder import (answer_token_losses, build_an
                                                    decoder_logits, rank_candidates)
 from albef_plugin.models.checkpoints.filters import (LAYOUT_TEXT_PLAIN, LAYOUT_TEXT_WITH_MLM_HEAD,
                                                      STRIP_BERT_PREFIX, CheckpointFilter,
-                                                     copy_layers, fusion_layers_to_decoder,
+                                                     fusion_layers_to_decoder,
                                                      text_encoder_layout)
 from albef_plugin.registry import registry
 from albef_plugin.train_state import TrainState
