@@ -4,10 +4,10 @@ Loss sums stay on the device as tensors; ``.item()`` happens only in :meth:`summ
 (log intervals). Diverging losses are watched the same way: a device flag records the
 first update whose losses were NaN/inf, or whose total loss spiked above
 ``spike_factor`` x the median of the last ``window`` micro-batches (a run blowing up often
-shows huge but finite losses first), with those losses. When an objective joins (a loss that
-was exactly zero becomes non-zero, e.g. ITM after ``itc_only_updates``), the median restarts
-from that micro-batch: the total rises by design, not by divergence; :meth:`first_non_finite` reads it
-(one sync) at log intervals and before every checkpoint write.
+shows huge but finite losses first), with those losses; :meth:`first_non_finite` reads it
+(one sync) at log intervals and before every checkpoint write. When an objective joins (a
+loss that was exactly zero becomes non-zero, e.g. ITM after ``itc_only_updates``), the
+median restarts from that micro-batch: the total rises by design, not by divergence.
 """
 from __future__ import annotations
 
@@ -84,8 +84,7 @@ class TrainMeter:
             self._most_active = active
         joined = active > self._most_active  # an objective started: restart the median
         self._most_active = torch.maximum(self._most_active, active)
-        self._history = torch.where(joined, torch.full_like(self._history, float("nan")),
-                                    self._history)
+        self._history = self._history.masked_fill(joined, float("nan"))
         median = torch.nanmedian(self._history)
         if self.spike_factor > 0 and self._seen >= self._min_history:
             bad = bad | ((median > 0) & (total > self.spike_factor * median))

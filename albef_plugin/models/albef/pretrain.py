@@ -46,6 +46,14 @@ class LossWeights:
     mlm: float = 1.0   # 0 skips the MLM forward entirely
 
 
+def _warm_up_updates(cfg: Any, name: str) -> int:
+    """The config's count of warm-up updates ``name``, checked: 0 (official) or more."""
+    updates = int(getattr(cfg, name))
+    if updates < 0:
+        raise ValueError(f"{name}={updates}: expected 0 (official) or a number of updates.")
+    return updates
+
+
 @registry.register_model("albef_pretrain")
 class ALBEFPretrain(ALBEFBase):
     """ALBEF with its three pre-training objectives; see the module docstring."""
@@ -94,14 +102,8 @@ class ALBEFPretrain(ALBEFBase):
         self.itc_online_batch = cfg.itc_batch_features == "online"
         self.temp_min, self.temp_max = float(cfg.temp_min), float(cfg.temp_max)
         self.mlm_probability = float(cfg.mlm_probability)
-        self.itm_random_negatives_updates = int(cfg.itm_random_negatives_updates)
-        if self.itm_random_negatives_updates < 0:
-            raise ValueError(f"itm_random_negatives_updates={self.itm_random_negatives_updates}: "
-                             f"expected 0 (official) or a number of updates.")
-        self.itc_only_updates = int(cfg.itc_only_updates)
-        if self.itc_only_updates < 0:
-            raise ValueError(f"itc_only_updates={self.itc_only_updates}: expected 0 (official) "
-                             f"or a number of updates.")
+        self.itm_random_negatives_updates = _warm_up_updates(cfg, "itm_random_negatives_updates")
+        self.itc_only_updates = _warm_up_updates(cfg, "itc_only_updates")
         weights = cfg.loss_weights
         self.loss_weights = LossWeights(float(weights.itc), float(weights.itm), float(weights.mlm))
         text = cfg.text_encoder
@@ -151,7 +153,7 @@ class ALBEFPretrain(ALBEFBase):
         losses: Dict[str, torch.Tensor] = {
             "itc": weights.itc * itc_loss(sim_i2t, sim_t2i, sim_i2t_m, sim_t2i_m, alpha)}
         metrics: Dict[str, torch.Tensor] = {"temp": self.temp.detach()}
-        itc_only = self._itc_only(train_state)
+        itc_only = self._in_first_updates(train_state, self.itc_only_updates)
         if itc_only:
             # ITM and MLM report an exact zero that still touches every trainable parameter,
             # so DDP (without find_unused_parameters) sees all of them used.
@@ -159,7 +161,8 @@ class ALBEFPretrain(ALBEFBase):
             losses.update({name: untouched for name, weight in (("itm", weights.itm),
                                                                    ("mlm", weights.mlm)) if weight})
         elif weights.itm:
-            if self._itm_random_negatives(train_state):  # equal weights: uniform draws
+            # ITM warm-up: negatives drawn with equal weights (uniform draws)
+            if self._in_first_updates(train_state, self.itm_random_negatives_updates):
                 sim_i2t, sim_t2i = torch.zeros_like(sim_i2t), torch.zeros_like(sim_t2i)
             loss_itm, metrics["itm_accuracy"] = self.itm_loss_and_accuracy(
                 image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i, batch.get("image_id"))
@@ -173,17 +176,11 @@ class ALBEFPretrain(ALBEFBase):
         return {"losses": losses, "alpha": alpha, "metrics": metrics}
 
     # ------------------------------------------------------------------- helpers
-    def _itc_only(self, train_state: Optional[TrainState]) -> bool:
-        """Whether this training forward comes before ``itc_only_updates``; a loop without a
-        TrainState trains all objectives from the start, as the official code."""
-        return (self.training and train_state is not None
-                and train_state.update < self.itc_only_updates)
-
-    def _itm_random_negatives(self, train_state: Optional[TrainState]) -> bool:
-        """Whether this training forward is in the ITM warm-up (``itm_random_negatives_updates``);
-        a loop without a TrainState gets hard negatives, as the official code."""
-        return (self.training and train_state is not None
-                and train_state.update < self.itm_random_negatives_updates)
+    def _in_first_updates(self, train_state: Optional[TrainState], updates: int) -> bool:
+        """Whether this training forward comes before optimizer update ``updates`` (the
+        demo-only warm-ups ``itc_only_updates`` and ``itm_random_negatives_updates``); a loop
+        without a TrainState gets the official behaviour from the start."""
+        return self.training and train_state is not None and train_state.update < updates
 
     def _mlm_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   image_embeds: torch.Tensor, image_embeds_m: torch.Tensor,
