@@ -14,6 +14,7 @@ import torch
 import albef_plugin.models  # noqa: F401  (registers the package's models)
 from albef_plugin.models import build_model
 from albef_plugin.registry import registry
+from albef_plugin.train_state import TrainState
 
 
 # Models defined in albef_plugin (test plugins registered by other test modules are not).
@@ -33,7 +34,10 @@ def trained_step(request):
     model = build_model(request.param, cls.tiny_overrides()).train()
     batch = model.dummy_batch(batch_size=4)
     model.config = None  # forward reads plain attributes only, never the OmegaConf config
-    output = model(batch)
+    # as the trainer calls it: a TrainState with alpha from the model's own alpha_for
+    state = TrainState(iterations_per_epoch=10)
+    state.alpha = model.alpha_for(state) if hasattr(model, "alpha_for") else None
+    output = model(batch, train_state=state)
     sum(output["losses"].values()).backward()
     return model, output
 

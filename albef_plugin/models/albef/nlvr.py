@@ -234,6 +234,8 @@ class ALBEFNLVRTextAssignment(_PairedFusionMixin, ALBEFBase):
         self.hidden_size = int(cfg.text_encoder.hidden_size)
         self.embed_dim = int(cfg.embed_dim)
         self.single_negative_probability = float(cfg.single_negative_probability)
+        # no momentum distillation: the trainer's alpha_for(state) reads these (always 0)
+        self.alpha, self.alpha_ramp_epochs = 0.0, 0.0
 
     def build_heads(self, cfg: Any) -> None:
         self.vision_proj = nn.Linear(self.vision_width, self.embed_dim)
