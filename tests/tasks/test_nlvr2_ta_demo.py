@@ -34,17 +34,10 @@ def test_demo_text_assignment_trains_and_nlvr2_loads_its_checkpoint(tmp_path):
     losses = [r["train/ta"] for r in records if "train/ta" in r]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses), records
 
-    sizes = _nested(SIZES)
-    sizes["image_encoder"].update(image_size=64, patch_size=8)  # the demo config's
-    nlvr = build_model("albef_nlvr", {**sizes, "checkpoint": None})
+    nlvr = build_model("albef_nlvr", [f"{k}={v}" for k, v in SIZES.items()] + [
+        "image_encoder.image_size=64", "image_encoder.patch_size=8",  # the demo config's
+        "checkpoint=null"])
     result = load_checkpoint(nlvr, save_dir / "current.ckpt", strict=True)
     assert not result.missing and not result.unexpected
     assert any(key.startswith("cls_head.") for key in result.tolerated), result.tolerated
 
-
-def _nested(dotted):
-    out = {}
-    for key, value in dotted.items():
-        group, name = key.split(".")
-        out.setdefault(group, {})[name] = value
-    return out

@@ -225,6 +225,8 @@ class ALBEFNLVRTextAssignment(_PairedFusionMixin, ALBEFBase):
     Config = NLVRTAConfig
     use_queues = False
     momentum_children = ()
+    # no momentum distillation: what the base's alpha_for (called by the trainer) reads
+    alpha = alpha_ramp_epochs = 0.0
     min_batch_size_per_rank = 2  # the negatives are the batch's other images
     # used without gradient by design: picks the hard negatives under no_grad
     params_without_grad = (r"^vision_proj\.",)
@@ -234,8 +236,6 @@ class ALBEFNLVRTextAssignment(_PairedFusionMixin, ALBEFBase):
         self.hidden_size = int(cfg.text_encoder.hidden_size)
         self.embed_dim = int(cfg.embed_dim)
         self.single_negative_probability = float(cfg.single_negative_probability)
-        # no momentum distillation: the trainer's alpha_for(state) reads these (always 0)
-        self.alpha, self.alpha_ramp_epochs = 0.0, 0.0
 
     def build_heads(self, cfg: Any) -> None:
         self.vision_proj = nn.Linear(self.vision_width, self.embed_dim)
