@@ -34,6 +34,8 @@ __all__ = ["EncodedRetrievalSet", "RetrievalEvaluator", "RetrievalScores", "auto
 logger = logging.getLogger(__name__)
 
 _REQUIRED_DATASET_ATTRIBUTES = ("texts", "img2txt", "txt2img", "text_processor")
+# ITM scores that can rank the top k_test candidates (RetrievalEvaluator.Config.itm_score)
+ITM_SCORES = ("logit", "log_odds")
 
 
 @dataclass
@@ -87,6 +89,9 @@ class RetrievalEvaluator(BaseMetric):
         k_test: int = 128                 # candidates re-ranked by ITM (official: 256 COCO, 128 Flickr)
         itm_rerank: bool = True           # also compute the ITM re-ranked recalls (itm_*)
         itm_plus_itc: bool = False        # LAVIS scoring: ITM logit + ITC sim (not the official ALBEF)
+        # What ranks the top k_test: "logit", the match logit (the official code), or "log_odds",
+        # match minus no-match logit (ranks as the ITM probability of a match does)
+        itm_score: str = "logit"
         text_batch_size: int = 256        # captions per text-encoder batch (official 256)
         itm_pairs_per_call: int = 512     # (query, candidate) pairs per fusion-encoder call (official: k_test)
 
@@ -98,6 +103,8 @@ class RetrievalEvaluator(BaseMetric):
         for name in ("k_test", "text_batch_size", "itm_pairs_per_call"):
             if int(getattr(config, name)) < 1:
                 raise ValueError(f"{name}={getattr(config, name)} must be >= 1.")
+        if config.itm_score not in ITM_SCORES:
+            raise ValueError(f"itm_score={config.itm_score!r} is not one of {', '.join(ITM_SCORES)}.")
 
     # ------------------------------------------------------------------ public
     def evaluate(self, model: torch.nn.Module, dataset: Any,
@@ -227,8 +234,11 @@ class RetrievalEvaluator(BaseMetric):
         cfg = self.config
 
         def image_to_text(image_idx: torch.Tensor, text_idx: torch.Tensor) -> torch.Tensor:
-            return model.itm_logits(encoded.text_embeds[text_idx], encoded.text_masks[text_idx],
-                                    encoded.image_embeds[image_idx])[:, 1]
+            logits = model.itm_logits(encoded.text_embeds[text_idx], encoded.text_masks[text_idx],
+                                      encoded.image_embeds[image_idx])
+            if cfg.itm_score == "log_odds":
+                return logits[:, 1] - logits[:, 0]
+            return logits[:, 1]
 
         def text_to_image(text_idx: torch.Tensor, image_idx: torch.Tensor) -> torch.Tensor:
             return image_to_text(image_idx, text_idx)

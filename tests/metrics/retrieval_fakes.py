@@ -76,8 +76,9 @@ class TinyITMModel(nn.Module):
         return self.itm_head(text * image_embeds[:, 0])                       # (B, 2)
 
 
-def full_itm_matrix(model: nn.Module, dataset: TinyRetrievalSet) -> torch.Tensor:
-    """``(Ni, Nt)`` ITM class-1 logits of every pair, one pair at a time (the slow truth)."""
+def full_itm_matrix(model: nn.Module, dataset: TinyRetrievalSet, column: int = 1) -> torch.Tensor:
+    """``(Ni, Nt)`` ITM logits of every pair (class 1, match, unless ``column`` says otherwise),
+    one pair at a time (the slow truth)."""
     model.eval()
     with torch.no_grad():
         tokens = dataset.text_processor(dataset.texts)
@@ -87,7 +88,7 @@ def full_itm_matrix(model: nn.Module, dataset: TinyRetrievalSet) -> torch.Tensor
         for i in range(len(dataset)):
             for t in range(len(dataset.texts)):
                 scores[i, t] = model.itm_logits(text_embeds[t:t + 1], tokens["attention_mask"][t:t + 1],
-                                                image_embeds[i:i + 1])[0, 1]
+                                                image_embeds[i:i + 1])[0, column]
     return scores
 
 

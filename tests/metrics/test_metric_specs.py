@@ -9,8 +9,8 @@ from albef_plugin.metrics import AccuracyMetric, MetricSpec, RetrievalEvaluator,
 from albef_plugin.trainers.evaluation import build_metrics
 
 DEMO = str(Path(__file__).resolve().parents[2] / "projects/albef/configs/demo/pretrain.yaml")
-RETRIEVAL_DEFAULTS = {"k_test": 128, "itm_rerank": True, "itm_plus_itc": False, "text_batch_size": 256,
-                      "itm_pairs_per_call": 512}
+RETRIEVAL_DEFAULTS = {"k_test": 128, "itm_rerank": True, "itm_plus_itc": False, "itm_score": "logit",
+                      "text_batch_size": 256, "itm_pairs_per_call": 512}
 
 
 def test_short_form_gives_the_config_defaults():
@@ -37,6 +37,9 @@ def test_long_form_params_override_the_defaults():
     ([{"type": "retrieval", "param": {"k_test": 3}}], r"evaluation.metrics\[0\]: expected .*unknown key\(s\) param"),
     ([{"type": "retrieval", "params": {"k_test": 0}}],
      r"evaluation.metrics\[0\].params \(metric 'retrieval'\): k_test=0 must be >= 1"),
+    ([{"type": "retrieval", "params": {"itm_score": "probability"}}],
+     r"evaluation.metrics\[0\].params \(metric 'retrieval'\): itm_score='probability' is not one of "
+     r"logit, log_odds"),
     ([3], r"evaluation.metrics\[0\]: expected a metric name"),
 ])
 def test_mistakes_fail_naming_the_key_path(metrics, message):

@@ -112,6 +112,16 @@ def test_itm_plus_itc_adds_the_similarity(model, dataset):
                                plain.itm_i2t[reranked] + plain.itc_i2t[reranked])
 
 
+def test_log_odds_score_is_match_minus_no_match_logit(model, dataset):
+    truth = full_itm_matrix(model, dataset)   # the match logit of every pair
+    no_match = full_itm_matrix(model, dataset, column=0)
+    scores = make_evaluator(k_test=1000, itm_score="log_odds").compute_scores(model, dataset, CPU)
+    torch.testing.assert_close(scores.itm_i2t, truth - no_match, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scores.itm_t2i, (truth - no_match).t(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="itm_score='prob' is not one of logit, log_odds"):
+        make_evaluator(itm_score="prob")
+
+
 def test_rows_split_across_ranks_sum_to_the_single_process_result(model, dataset, monkeypatch):
     single = make_evaluator(k_test=3).compute_scores(model, dataset, CPU)
     world_size, partial = 4, []
