@@ -60,9 +60,10 @@ def test_build_metrics_constructs_each_from_its_params():
 def test_run_config_checks_and_completes_metric_params_at_start():
     cfg = build_config([f"config={DEMO}"])
     # the demo config's long form, completed from the dataclass: config.yaml shows every value
-    demo_k_test = OmegaConf.load(DEMO).evaluation.metrics[0].params.k_test
+    demo_params = OmegaConf.to_container(OmegaConf.load(DEMO).evaluation.metrics[0].params)
+    assert set(demo_params) < set(RETRIEVAL_DEFAULTS)
     assert list(cfg.evaluation.metrics) == [
-        {"type": "retrieval", "params": {**RETRIEVAL_DEFAULTS, "k_test": demo_k_test}}]
+        {"type": "retrieval", "params": {**RETRIEVAL_DEFAULTS, **demo_params}}]
     cfg = build_config([f"config={DEMO}", "evaluation.metrics=[accuracy, {type: retrieval, params: {k_test: 8}}]"])
     assert [m.type for m in cfg.evaluation.metrics] == ["accuracy", "retrieval"]
     assert cfg.evaluation.metrics[1].params.k_test == 8
