@@ -1,9 +1,10 @@
-"""Image-text matching with hard negatives (ALBEF section 1.5 of the fact sheet).
+"""Image-text matching with hard negatives (the ALBEF paper, section 3.2).
 
 For every text one negative image, and for every image one negative text, is drawn from the
 local batch with probability proportional to ``softmax(similarity)``, positives excluded. The
 fusion encoder then classifies ``3B`` pairs: ``B`` positives, ``B`` (text, negative image) and
-``B`` (negative text, image).
+``B`` (negative text, image). :func:`sample_hard_negative_sets` draws ``n`` distinct negatives
+per row instead (a demo-only option of the pre-training model; the paper draws one).
 
 Unlike the official loop (``multinomial(...).item()`` per row, which crashes with "invalid
 multinomial distribution" at batch size 1 or when a batch holds one image only), the sampling
@@ -18,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 
-__all__ = ["positive_mask_from_ids", "sample_hard_negatives", "itm_labels", "itm_loss"]
+__all__ = ["positive_mask_from_ids", "sample_hard_negatives", "sample_hard_negative_sets",
+           "itm_labels", "itm_loss"]
 
 
 def positive_mask_from_ids(image_ids: Optional[torch.Tensor], batch_size: int,
@@ -36,16 +38,19 @@ def positive_mask_from_ids(image_ids: Optional[torch.Tensor], batch_size: int,
 
 
 @torch.no_grad()
-def _sample_rows(sim: torch.Tensor, exclude: torch.Tensor,
-                 generator: Optional[torch.Generator]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One column per row, drawn with weights ``softmax(sim)`` zeroed at ``exclude``."""
+def _sample_rows(sim: torch.Tensor, exclude: torch.Tensor, generator: Optional[torch.Generator],
+                 num: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``num`` distinct columns per row, drawn with weights ``softmax(sim)`` zeroed at
+    ``exclude``; returns ``index [R, num]`` and ``valid [R, num]``."""
     weights = F.softmax(sim.float(), dim=1).masked_fill(exclude, 0.0)
-    valid = weights.sum(dim=1) > 0
-    # A row without candidates would make multinomial fail: draw from uniform weights instead
-    # and report the row invalid, so its pair is ignored by the loss.
-    weights = torch.where(valid[:, None], weights, torch.ones_like(weights))
-    index = torch.multinomial(weights, 1, generator=generator).squeeze(1)
-    return index, valid
+    enough = (weights > 0).sum(dim=1) >= num
+    # A row with fewer than num candidates would make multinomial fail: draw its candidates
+    # uniformly, then (a million times less likely) the excluded columns; draws of an
+    # excluded column are reported invalid, so the loss ignores their pairs.
+    fallback = (~exclude).float() + 1e-6 * exclude.float()
+    weights = torch.where(enough[:, None], weights, fallback)
+    index = torch.multinomial(weights, num, generator=generator)
+    return index, ~exclude.gather(1, index)
 
 
 def sample_hard_negatives(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor,
@@ -70,10 +75,26 @@ def sample_hard_negatives(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor,
         ``valid_image [B]``, ``valid_text [B]``: bool, False where the row had no negative to
         draw (the index is then a placeholder and the pair must be ignored).
     """
+    sets = sample_hard_negative_sets(sim_i2t, sim_t2i, 1, positive_mask, generator)
+    return tuple(part[0] for part in sets)
+
+
+def sample_hard_negative_sets(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, num_negatives: int,
+                              positive_mask: Optional[torch.Tensor] = None,
+                              generator: Optional[torch.Generator] = None
+                              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw ``num_negatives`` distinct hard negatives per text and per image.
+
+    The same as :func:`sample_hard_negatives` (arguments and order of the results), with a
+    leading dimension: ``neg_image_index [n, B]`` (row j: every text's j-th negative image),
+    ``neg_text_index [n, B]``, ``valid_image [n, B]``, ``valid_text [n, B]``.
+    """
     batch = sim_i2t.shape[0]
     if sim_i2t.shape[1] < batch or sim_t2i.shape[:1] != (batch,) or sim_t2i.shape[1] < batch:
         raise ValueError(f"similarities must be [B, >=B]; got {tuple(sim_i2t.shape)} and "
                          f"{tuple(sim_t2i.shape)}")
+    if not 1 <= num_negatives <= batch:
+        raise ValueError(f"num_negatives={num_negatives} must be in [1, batch size {batch}]")
     if positive_mask is None:
         positive_mask = torch.eye(batch, dtype=torch.bool, device=sim_i2t.device)
     if positive_mask.shape != (batch, batch):
@@ -81,10 +102,12 @@ def sample_hard_negatives(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor,
                          f"got {tuple(positive_mask.shape)}")
     with torch.no_grad():
         # text t -> image: row t of sim_t2i, positives are positive_mask[:, t]
-        neg_image_index, valid_image = _sample_rows(sim_t2i[:, :batch], positive_mask.t(), generator)
+        neg_image_index, valid_image = _sample_rows(sim_t2i[:, :batch], positive_mask.t(),
+                                                    generator, num_negatives)
         # image i -> text: row i of sim_i2t, positives are positive_mask[i, :]
-        neg_text_index, valid_text = _sample_rows(sim_i2t[:, :batch], positive_mask, generator)
-    return neg_image_index, neg_text_index, valid_image, valid_text
+        neg_text_index, valid_text = _sample_rows(sim_i2t[:, :batch], positive_mask, generator,
+                                                  num_negatives)
+    return neg_image_index.t(), neg_text_index.t(), valid_image.t(), valid_text.t()
 
 
 def itm_labels(batch_size: int, device: torch.device) -> torch.Tensor:

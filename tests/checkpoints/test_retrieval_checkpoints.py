@@ -114,17 +114,18 @@ def test_training_step_equals_the_official_formulas(monkeypatch):
     idx = torch.tensor([0, 0, 7, 3])  # two captions of image 0; 0 and 7 also in the idx_queue
     image[1] = image[0]
     drawn = {}
-    sample = albef_base.sample_hard_negatives
+    sample = albef_base.sample_hard_negative_sets
 
     def recording_sample(*args, **kwargs):
         drawn["negatives"] = sample(*args, **kwargs)
         return drawn["negatives"]
 
-    monkeypatch.setattr(albef_base, "sample_hard_negatives", recording_sample)
+    monkeypatch.setattr(albef_base, "sample_hard_negative_sets", recording_sample)
     alpha = 0.3
     out = model.train()({"image": image, "input_ids": ids, "attention_mask": mask, "image_id": idx},
                         TrainState(alpha=alpha))
-    neg_image, neg_text, valid_image, valid_text = drawn["negatives"]
+    # one set of negatives (the official number): [1, B] -> [B]
+    neg_image, neg_text, valid_image, valid_text = (part[0] for part in drawn["negatives"])
     assert valid_image.all() and valid_text.all()
     assert not (idx[neg_image] == idx).any() and not (idx[neg_text] == idx).any()
 

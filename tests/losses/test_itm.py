@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+import pytest
+
 from albef_plugin.losses.itm import (itm_labels, itm_loss, positive_mask_from_ids,
-                                     sample_hard_negatives)
+                                     sample_hard_negative_sets, sample_hard_negatives)
 
 
 def _sims(batch, queue=3, seed=0):
@@ -47,6 +49,45 @@ def test_batch_of_one_and_all_same_image_do_not_crash():
     neg_image, neg_text, valid_image, valid_text = sample_hard_negatives(sim_i2t, sim_t2i, same)
     assert not valid_image.any() and not valid_text.any()
     assert ((0 <= neg_image) & (neg_image < 5)).all() and ((0 <= neg_text) & (neg_text < 5)).all()
+
+
+def test_several_negatives_per_row_are_distinct_and_never_positive():
+    image_ids = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4])
+    positives = positive_mask_from_ids(image_ids, 8, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    for seed in range(20):
+        sim_i2t, sim_t2i = _sims(8, seed=seed)
+        neg_image, neg_text, valid_image, valid_text = sample_hard_negative_sets(
+            sim_i2t, sim_t2i, 3, positives, generator=gen)
+        assert neg_image.shape == neg_text.shape == valid_image.shape == (3, 8)
+        assert valid_image.all() and valid_text.all()
+        for negatives in (neg_image, neg_text):
+            assert (image_ids[negatives] != image_ids[None, :]).all()
+            # three different captions or images per row (the image ids may repeat: image 2
+            # has three captions, each a distinct negative)
+            assert all(len(set(negatives[:, b].tolist())) == 3 for b in range(8))
+
+
+def test_one_negative_set_draws_what_sample_hard_negatives_draws():
+    sim_i2t, sim_t2i = _sims(6)
+    single = sample_hard_negatives(sim_i2t, sim_t2i, generator=torch.Generator().manual_seed(3))
+    sets = sample_hard_negative_sets(sim_i2t, sim_t2i, 1, generator=torch.Generator().manual_seed(3))
+    for one, stacked in zip(single, sets):
+        assert torch.equal(one, stacked[0])
+
+
+def test_rows_with_too_few_negatives_report_the_missing_draws_invalid():
+    # images 0 and 1 have two captions each in a batch of four: every row has two negatives
+    image_ids = torch.tensor([0, 0, 1, 1])
+    positives = positive_mask_from_ids(image_ids, 4, torch.device("cpu"))
+    sim_i2t, sim_t2i = _sims(4)
+    neg_image, neg_text, valid_image, valid_text = sample_hard_negative_sets(
+        sim_i2t, sim_t2i, 3, positives)
+    # three draws of which only two can be negatives: the positive draw is marked invalid
+    assert valid_image.sum(0).tolist() == [2, 2, 2, 2] and valid_text.sum(0).tolist() == [2, 2, 2, 2]
+    assert (image_ids[neg_text][valid_text] != image_ids.expand(3, 4)[valid_text]).all()
+    with pytest.raises(ValueError, match="num_negatives=5"):
+        sample_hard_negative_sets(sim_i2t, sim_t2i, 5, positives)
 
 
 def test_itm_loss_ignores_invalid_pairs():

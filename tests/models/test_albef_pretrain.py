@@ -302,13 +302,13 @@ def test_itm_random_negatives_warm_up(tiny_overrides, batch, monkeypatch):
     import albef_plugin.models.albef.base as base
 
     drawn_with = []
-    real = base.sample_hard_negatives
+    real = base.sample_hard_negative_sets
 
     def spy(sim_i2t, sim_t2i, *args, **kwargs):
         drawn_with.append(bool((sim_i2t == 0).all() and (sim_t2i == 0).all()))
         return real(sim_i2t, sim_t2i, *args, **kwargs)
 
-    monkeypatch.setattr(base, "sample_hard_negatives", spy)
+    monkeypatch.setattr(base, "sample_hard_negative_sets", spy)
     tiny_overrides["itm_random_negatives_updates"] = 3
     model = build_model("albef_pretrain", tiny_overrides).train()
     for state in (TrainState(update=0), TrainState(update=2), TrainState(update=3), None):
@@ -316,6 +316,31 @@ def test_itm_random_negatives_warm_up(tiny_overrides, batch, monkeypatch):
     assert drawn_with == [True, True, False, False]
     tiny_overrides["itm_random_negatives_updates"] = -1
     with pytest.raises(ValueError, match="itm_random_negatives_updates=-1"):
+        build_model("albef_pretrain", tiny_overrides)
+
+
+def test_itm_negatives_score_one_positive_and_n_negatives_per_sample(tiny_overrides, batch,
+                                                                     monkeypatch):
+    """itm_negatives=n scores (1 + 2n)B pairs (the paper: n=1, 3B) with B positive labels."""
+    import albef_plugin.models.albef.base as base
+
+    scored = []
+    real = base.itm_loss
+
+    def spy(logits, labels=None, valid=None):
+        scored.append((logits.shape[0], int(labels.sum()), int(valid.sum())))
+        return real(logits, labels, valid)
+
+    monkeypatch.setattr(base, "itm_loss", spy)
+    size = batch["image"].shape[0]
+    for negatives in (1, 2):
+        tiny_overrides["itm_negatives"] = negatives
+        model = build_model("albef_pretrain", tiny_overrides).train()
+        out = model(batch)
+        assert torch.isfinite(out["losses"]["itm"])
+        assert scored[-1][:2] == ((1 + 2 * negatives) * size, size)
+    tiny_overrides["itm_negatives"] = 0
+    with pytest.raises(ValueError, match="itm_negatives=0"):
         build_model("albef_pretrain", tiny_overrides)
 
 

@@ -53,13 +53,13 @@ def test_itc_targets_are_multi_positive_over_batch_and_idx_queue(retrieval_model
 
 def test_itm_negatives_are_never_a_caption_of_the_same_image(retrieval_model, monkeypatch):
     drawn: List = []
-    sample = albef_base.sample_hard_negatives
+    sample = albef_base.sample_hard_negative_sets
 
     def recording_sample(*args, **kwargs):
         drawn.append(sample(*args, **kwargs))
         return drawn[-1]
 
-    monkeypatch.setattr(albef_base, "sample_hard_negatives", recording_sample)
+    monkeypatch.setattr(albef_base, "sample_hard_negative_sets", recording_sample)
     model = retrieval_model.train()
     batch = model.dummy_batch(batch_size=8)  # image_id 0 0 1 1 2 2 3 3
     for _ in range(8):

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from albef_plugin.distributed import get_world_size
-from albef_plugin.losses.itm import (itm_labels, itm_loss, positive_mask_from_ids,
-                                     sample_hard_negatives)
+from albef_plugin.losses.itm import (itm_loss, positive_mask_from_ids,
+                                     sample_hard_negative_sets)
 from albef_plugin.models.albef.components import (ImageEncoderConfig, TextEncoderConfig,
                                                   build_text_encoder, build_text_encoder_mlm,
                                                   build_visual_encoder)
@@ -370,26 +370,33 @@ class ALBEFBase(BaseModel):
 
     def itm_loss_and_accuracy(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor,
                               attention_mask: torch.Tensor, sim_i2t: torch.Tensor,
-                              sim_t2i: torch.Tensor, image_ids: Optional[torch.Tensor]
-                              ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """ITM loss over 3B pairs in one fusion pass, and its accuracy (detached).
+                              sim_t2i: torch.Tensor, image_ids: Optional[torch.Tensor],
+                              num_negatives: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+        """ITM loss over ``(1 + 2n)B`` pairs in one fusion pass, and its accuracy (detached).
 
         Hard negatives are drawn from the local batch with weights ``softmax(sim)``; pairs of
         the same ``image_ids`` (the positive mask; the diagonal without ids) are never drawn.
+        ``num_negatives`` (n) distinct negatives per text and per image; the paper's is 1.
         """
         batch = image_embeds.shape[0]
         positives = positive_mask_from_ids(image_ids, batch, image_embeds.device)
-        neg_image, neg_text, valid_image, valid_text = sample_hard_negatives(
-            sim_i2t, sim_t2i, positives)
-        # pairs: (text b, image b) | (text b, hard negative image) | (hard negative text, image b)
-        text_all = torch.cat([text_embeds, text_embeds, text_embeds[neg_text]])
-        mask_all = torch.cat([attention_mask, attention_mask, attention_mask[neg_text]])
-        image_all = torch.cat([image_embeds, image_embeds[neg_image], image_embeds])
+        neg_image, neg_text, valid_image, valid_text = sample_hard_negative_sets(
+            sim_i2t, sim_t2i, num_negatives, positives)
+        neg_image, neg_text = neg_image.reshape(-1), neg_text.reshape(-1)   # draw-major
+        repeat = num_negatives
+        # pairs: (text b, image b) | (text b, hard negative images) | (hard negative texts, image b)
+        text_all = torch.cat([text_embeds, text_embeds.repeat(repeat, 1, 1), text_embeds[neg_text]])
+        mask_all = torch.cat([attention_mask, attention_mask.repeat(repeat, 1),
+                              attention_mask[neg_text]])
+        image_all = torch.cat([image_embeds, image_embeds[neg_image],
+                               image_embeds.repeat(repeat, 1, 1)])
         logits = self.itm_logits(text_all, mask_all, image_all)
-        valid = torch.cat([torch.ones_like(valid_image), valid_image, valid_text])
-        loss = itm_loss(logits, valid=valid)
+        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        labels[:batch] = 1
+        valid = torch.cat([torch.ones_like(valid_image[0]), valid_image.reshape(-1),
+                           valid_text.reshape(-1)])
+        loss = itm_loss(logits, labels, valid=valid)
         with torch.no_grad():
-            labels = itm_labels(batch, logits.device)
             correct = (logits.argmax(dim=1) == labels).float() * valid.float()
             accuracy = correct.sum() / valid.float().sum()
         return loss, accuracy

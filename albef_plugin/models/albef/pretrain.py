@@ -6,7 +6,7 @@ match the released pre-training checkpoints (``visual_encoder.*``, ``text_encode
 momentum copies and the ``image_queue``/``text_queue``/``queue_ptr`` buffers), except for the
 non-persistent ``position_ids`` buffer.
 
-One training forward, in order (fact sheet sections 1.3-1.7):
+One training forward, in order (the paper, section 3, and the official ``model_pretrain.py``):
   1. clamp ``temp`` to [temp_min, temp_max];
   2. online image and text features;
   3. ``momentum_update()`` (train mode, first micro-batch of an optimizer update), then
@@ -75,6 +75,10 @@ class ALBEFPretrain(ALBEFBase):
         # start. A from-scratch model (the CPU demo) can use a warm-up: hard negatives drawn
         # by a sharp ITC are too hard for a fusion encoder that has learned nothing yet.
         itm_random_negatives_updates: int = 0
+        # Hard negatives drawn per text and per image for ITM (distinct, from the local batch).
+        # 1 (official): 3B pairs. n gives (1 + 2n)B pairs: more of the near-misses that teach
+        # the fusion layers fine distinctions per update, at the cost of a longer fusion pass.
+        itm_negatives: int = 1
         # For the first N optimizer updates only ITC is trained (ITM and MLM, with their fusion
         # passes, are skipped). 0 (official): all objectives from the first update. From a
         # random initialisation the ITC features start collapsed and ITC's signal is tiny; the
@@ -104,6 +108,9 @@ class ALBEFPretrain(ALBEFBase):
         self.mlm_probability = float(cfg.mlm_probability)
         self.itm_random_negatives_updates = _warm_up_updates(cfg, "itm_random_negatives_updates")
         self.itc_only_updates = _warm_up_updates(cfg, "itc_only_updates")
+        self.itm_negatives = int(cfg.itm_negatives)
+        if self.itm_negatives < 1:
+            raise ValueError(f"itm_negatives={cfg.itm_negatives} must be >= 1 (official: 1).")
         weights = cfg.loss_weights
         self.loss_weights = LossWeights(float(weights.itc), float(weights.itm), float(weights.mlm))
         text = cfg.text_encoder
@@ -165,7 +172,8 @@ class ALBEFPretrain(ALBEFBase):
             if self._in_first_updates(train_state, self.itm_random_negatives_updates):
                 sim_i2t, sim_t2i = torch.zeros_like(sim_i2t), torch.zeros_like(sim_t2i)
             loss_itm, metrics["itm_accuracy"] = self.itm_loss_and_accuracy(
-                image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i, batch.get("image_id"))
+                image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i, batch.get("image_id"),
+                self.itm_negatives)
             losses["itm"] = weights.itm * loss_itm
         if weights.mlm and not itc_only:
             losses["mlm"] = weights.mlm * self._mlm_loss(
