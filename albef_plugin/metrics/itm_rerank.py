@@ -19,7 +19,7 @@ import torch
 
 from albef_plugin.distributed import all_reduce_sum, get_rank, get_world_size
 
-__all__ = ["NOT_RERANKED_SCORE", "rerank_top_k", "rows_of_rank"]
+__all__ = ["NOT_RERANKED_SCORE", "center_on_candidate_means", "rerank_top_k", "rows_of_rank"]
 
 # Score of the candidates outside a query's top-k, as in the official code.
 NOT_RERANKED_SCORE = -100.0
@@ -68,3 +68,26 @@ def rerank_top_k(sims: torch.Tensor, k: int, score_pairs: PairScorer, pairs_per_
         block.fill_(NOT_RERANKED_SCORE)
         block.scatter_(1, top_idx, logits)
     return all_reduce_sum(scores)
+
+
+def center_on_candidate_means(scores_i2t: torch.Tensor, scores_t2i: torch.Tensor
+                              ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Subtract from every re-ranked score the candidate's mean score as a query.
+
+    ``scores_i2t`` ``(Ni, Nt)`` and ``scores_t2i`` ``(Nt, Ni)`` are the two outputs of
+    :func:`rerank_top_k` (re-ranked entries, :data:`NOT_RERANKED_SCORE` elsewhere). In text
+    retrieval a caption's score becomes its ITM score with the image minus its mean ITM score
+    with its own top-k images (row of ``scores_t2i``); in image retrieval likewise for an
+    image. A candidate the ITM head rates high with every image or caption (a caption form it
+    favours, say) then loses that head start; within one query row every candidate is
+    shifted by its own amount, so the order can change. The official protocol has no such
+    step (not ALBEF's; a demo choice, see the README).
+    """
+    def mean_of_rows(scores: torch.Tensor) -> torch.Tensor:
+        scored = scores != NOT_RERANKED_SCORE
+        return (scores * scored).sum(1) / scored.sum(1).clamp_min(1)
+
+    def shift(scores: torch.Tensor, candidate_means: torch.Tensor) -> torch.Tensor:
+        return torch.where(scores != NOT_RERANKED_SCORE, scores - candidate_means[None, :], scores)
+
+    return shift(scores_i2t, mean_of_rows(scores_t2i)), shift(scores_t2i, mean_of_rows(scores_i2t))

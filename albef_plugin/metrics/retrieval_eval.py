@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from albef_plugin.distributed import unwrap_model
 from albef_plugin.metrics.base import BaseMetric, EvalContext, as_context, autocast_for
-from albef_plugin.metrics.itm_rerank import rerank_top_k
+from albef_plugin.metrics.itm_rerank import center_on_candidate_means, rerank_top_k
 from albef_plugin.metrics.retrieval import itm_eval
 from albef_plugin.registry import registry
 
@@ -92,6 +92,10 @@ class RetrievalEvaluator(BaseMetric):
         # What ranks the top k_test: "logit", the match logit (the official code), or "log_odds",
         # match minus no-match logit (ranks as the ITM probability of a match does)
         itm_score: str = "logit"
+        # Subtract from each candidate's score its mean score as a query in the other direction
+        # (over its own top k_test): removes a per-caption / per-image bias of the ITM head.
+        # Not the official protocol (false); see itm_rerank.center_on_candidate_means.
+        itm_center_candidates: bool = False
         text_batch_size: int = 256        # captions per text-encoder batch (official 256)
         itm_pairs_per_call: int = 512     # (query, candidate) pairs per fusion-encoder call (official: k_test)
 
@@ -246,6 +250,8 @@ class RetrievalEvaluator(BaseMetric):
         pairs = cfg.itm_pairs_per_call
         itm_i2t = rerank_top_k(itc_i2t, cfg.k_test, image_to_text, pairs, add_itc=cfg.itm_plus_itc)
         itm_t2i = rerank_top_k(itc_i2t.t(), cfg.k_test, text_to_image, pairs, add_itc=cfg.itm_plus_itc)
+        if cfg.itm_center_candidates:
+            itm_i2t, itm_t2i = center_on_candidate_means(itm_i2t, itm_t2i)
         return itm_i2t, itm_t2i
 
 

@@ -10,7 +10,7 @@ from albef_plugin.trainers.evaluation import build_metrics
 
 DEMO = str(Path(__file__).resolve().parents[2] / "projects/albef/configs/demo/pretrain.yaml")
 RETRIEVAL_DEFAULTS = {"k_test": 128, "itm_rerank": True, "itm_plus_itc": False, "itm_score": "logit",
-                      "text_batch_size": 256, "itm_pairs_per_call": 512}
+                      "itm_center_candidates": False, "text_batch_size": 256, "itm_pairs_per_call": 512}
 
 
 def test_short_form_gives_the_config_defaults():

@@ -3,7 +3,8 @@ import pytest
 import torch
 import albef_plugin.metrics.itm_rerank as itm_rerank
 from albef_plugin.metrics import EvalContext, RetrievalEvaluator, itm_eval
-from albef_plugin.metrics.itm_rerank import NOT_RERANKED_SCORE, rows_of_rank
+from albef_plugin.metrics.itm_rerank import (NOT_RERANKED_SCORE, center_on_candidate_means,
+                                             rows_of_rank)
 from albef_plugin.registry import registry
 
 from retrieval_fakes import TINY_ALBEF_OVERRIDES, TinyITMModel, TinyRetrievalSet, full_itm_matrix
@@ -120,6 +121,28 @@ def test_log_odds_score_is_match_minus_no_match_logit(model, dataset):
     torch.testing.assert_close(scores.itm_t2i, (truth - no_match).t(), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="itm_score='prob' is not one of logit, log_odds"):
         make_evaluator(itm_score="prob")
+
+
+def test_centering_subtracts_each_candidates_mean_score_as_a_query():
+    # two images, three captions, k = 2: scores_i2t rows are images, scores_t2i rows captions
+    x = NOT_RERANKED_SCORE
+    i2t = torch.tensor([[2.0, 1.0, x], [x, 3.0, 5.0]])
+    t2i = torch.tensor([[4.0, x], [1.0, 3.0], [x, 0.0]])
+    centered_i2t, centered_t2i = center_on_candidate_means(i2t, t2i)
+    # caption means over their own top images: 4, 2, 0; image means over their captions: 1.5, 4
+    assert centered_i2t.tolist() == [[-2.0, -1.0, x], [x, 1.0, 5.0]]
+    assert centered_t2i.tolist() == [[2.5, x], [-0.5, -1.0], [x, -4.0]]
+    # image 0 now prefers caption 1 (its ITC-top caption 0 scores high with every image)
+    assert centered_i2t[0, :2].argmax() == 1 and i2t[0].argmax() == 0
+
+
+def test_itm_center_candidates_option_centers_the_reranked_scores(model, dataset):
+    plain = make_evaluator(k_test=3).compute_scores(model, dataset, CPU)
+    centered = make_evaluator(k_test=3, itm_center_candidates=True).compute_scores(model, dataset, CPU)
+    expected_i2t, expected_t2i = center_on_candidate_means(plain.itm_i2t, plain.itm_t2i)
+    torch.testing.assert_close(centered.itm_i2t, expected_i2t)
+    torch.testing.assert_close(centered.itm_t2i, expected_t2i)
+    assert not torch.equal(centered.itm_i2t, plain.itm_i2t)
 
 
 def test_rows_split_across_ranks_sum_to_the_single_process_result(model, dataset, monkeypatch):
