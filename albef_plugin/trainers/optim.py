@@ -3,7 +3,7 @@
 The weight-decay grouping follows the official ALBEF code (timm's ``add_weight_decay``
 of 2021): every trainable parameter is decayed EXCEPT exactly-1-D tensors (LayerNorm
 weights, biases) and names ending in ``.bias``. So the 0-D ``temp`` and the 3-D
-``pos_embed`` / ``cls_token`` ARE decayed (fact sheet 1.8): the official top-level model
+``pos_embed`` / ``cls_token`` ARE decayed (the official Pretrain.py): the official top-level model
 exposes no ``no_weight_decay`` list. A model may still name extra exclusions through
 ``no_weight_decay_keys()`` (exact parameter names); ALBEF returns none.
 

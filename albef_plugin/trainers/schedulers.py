@@ -112,7 +112,7 @@ class ALBEFOfficialSchedule(LRSchedule):
     """The learning rate of the official ALBEF scripts (``Pretrain.py`` + its timm-derived
     ``CosineLRScheduler`` with ``warmup_prefix=True``), per update.
 
-    The official code steps a per-*epoch* cosine scheduler in two ways (fact sheet 1.8):
+    The official code steps a per-*epoch* cosine scheduler in two ways:
 
     * epoch 0: ``step(i // iterations_per_unit)`` after the optimizer step of every
       iteration ``i`` that is a multiple of ``iterations_per_unit`` (100), for

@@ -1,4 +1,4 @@
-"""Official ALBEF checkpoints at a tiny size, built from the fact sheet's key list (section 6).
+"""Official ALBEF checkpoints at a tiny size, built from the official key list.
 
 ``official_pretrain_state(sizes)`` returns what ``torch.load("ALBEF.pth")["model"]`` holds, key
 for key, with distinct random values in every tensor (and different values in the momentum

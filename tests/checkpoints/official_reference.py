@@ -1,6 +1,6 @@
 """An independent, formula-level ALBEF forward computed straight from an official state dict.
 
-Written from the fact sheet (sections 1.1-1.3), not from the model code: explicit matmuls,
+Written from the paper and the official formulas, not from the model code: explicit matmuls,
 softmax with the official additive mask ``(1 - mask) * -10000``, ``1/sqrt(head_dim)``
 scaling, exact erf GELU, LayerNorm eps 1e-6 (ViT) / 1e-12 (BERT), pre-norm ViT blocks,
 post-LN BERT blocks, cross-attention keys / values read ``encoder_width`` features, the MLM

@@ -1,6 +1,6 @@
 """Formula-level reference of the official retrieval model (``model_retrieval.py``), computed
 straight from a fine-tuned state dict (``mscoco.pth`` layout: ``text_encoder.*``, no MLM head,
-``idx_queue``), written from the fact sheet (sections 1.3-1.5, 2.1), not from the model code.
+``idx_queue``), written from the paper and the official formulas, not from the model code.
 
 Training forward, in the official order: online features; EMA of the momentum copies
 (``m * theta_m + (1 - m) * theta``); momentum features; multi-positive targets

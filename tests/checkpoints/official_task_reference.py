@@ -1,4 +1,4 @@
-"""Formula-level SNLI-VE / NLVR2 forwards straight from official state dicts (fact sheet 2.3, 2.4).
+"""Formula-level SNLI-VE / NLVR2 forwards straight from official state dicts.
 
 Reuses the layer formulas of ``official_reference`` (explicit matmuls, the official additive
 mask, post-LN BERT, pre-norm ViT) and adds what the tasks change:

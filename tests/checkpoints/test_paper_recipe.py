@@ -26,7 +26,7 @@ def official_schedule(**params):
                                              updates_per_epoch=ITERATIONS_PER_EPOCH)
 
 
-# Expected values by hand from fact sheet 1.8 (and timm's CosineLRScheduler with
+# Expected values by hand from the official Pretrain.yaml (and timm's CosineLRScheduler with
 # warmup_prefix=True): unit k of the warm-up gives 1e-5 + k * (1e-4 - 1e-5) / 20 = 1e-5 + k * 4.5e-6;
 # step(k) runs after the update of iteration 100 k, so iteration i uses unit (i - 1) // 100.
 @pytest.mark.parametrize("update, expected", [

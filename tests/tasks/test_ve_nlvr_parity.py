@@ -1,5 +1,5 @@
-"""``albef_ve`` / ``albef_nlvr`` / ``albef_nlvr_ta`` reproduce the official formulas (fact sheet
-2.3, 2.4) within 1e-4 given the same weights, in the official ``state_dict()`` layout."""
+"""``albef_ve`` / ``albef_nlvr`` / ``albef_nlvr_ta`` reproduce the official formulas
+(``model_ve.py``, ``model_nlvr.py``) within 1e-4 given the same weights, in the official ``state_dict()`` layout."""
 import torch
 
 from albef_plugin.models import build_model

@@ -1,6 +1,6 @@
 """ALBEF for NLVR2: ``albef_nlvr`` (fine-tuning) and ``albef_nlvr_ta`` (text-assignment pre-training).
 
-Official ``models/model_nlvr.py`` / ``model_pretrain_nlvr.py`` (fact sheet 2.3). The BERT has
+Official ``models/model_nlvr.py`` / ``model_pretrain_nlvr.py``. The BERT has
 ``fusion_layer`` text layers followed by *pairs* of fusion blocks, one pair per fusion layer of
 the pre-training model (6 + 2 x 6 = 18 layers at paper size): block ``fusion_layer + 2j``
 cross-attends to image 0, block ``fusion_layer + 2j + 1`` to image 1, and the two blocks of a

@@ -1,6 +1,6 @@
 """ALBEF image-text retrieval fine-tuning (COCO, Flickr30K): the official ``model_retrieval.py``.
 
-Differences from pre-training (fact sheet section 2.1):
+Differences from pre-training:
   * the text side is a plain BERT (``text_encoder.embeddings.*`` / ``text_encoder.encoder.*``),
     no MLM head and no MLM loss: the loss is ITC + ITM;
   * every sample carries ``image_id`` (the official ``idx``: a contiguous id of its image), and
