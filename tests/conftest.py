@@ -49,6 +49,7 @@ DEMO_TRAINING = ["training.max_updates=500", "training.batch_size=32", "schedule
                  "model_config.albef_pretrain.loss_weights.itm=1.0",
                  "model_config.albef_pretrain.loss_weights.mlm=0.02",
                  "model_config.albef_pretrain.itc_only_updates=0",
+                 "model_config.albef_pretrain.itm_negatives=1",
                  "training.checkpoint_interval=100000", "training.progress_bar=false",
                  "training.tensorboard=false", "training.plot=false",
                  "evaluation.metrics=[{type: retrieval, params: {k_test: 8}}]"]
