@@ -4,7 +4,7 @@ For every text one negative image, and for every image one negative text, is dra
 local batch with probability proportional to ``softmax(similarity)``, positives excluded. The
 fusion encoder then classifies ``3B`` pairs: ``B`` positives, ``B`` (text, negative image) and
 ``B`` (negative text, image). :func:`sample_hard_negative_sets` draws ``n`` distinct negatives
-per row instead (a demo-only option of the pre-training model; the paper draws one).
+per row instead (the pre-training model's ``itm_negatives``; the paper draws one).
 
 Unlike the official loop (``multinomial(...).item()`` per row, which crashes with "invalid
 multinomial distribution" at batch size 1 or when a batch holds one image only), the sampling
