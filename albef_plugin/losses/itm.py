@@ -110,9 +110,10 @@ def sample_hard_negative_sets(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, num_
     return neg_image_index.t(), neg_text_index.t(), valid_image.t(), valid_text.t()
 
 
-def itm_labels(batch_size: int, device: torch.device) -> torch.Tensor:
-    """Labels of the ``3B`` ITM pairs in the standard order: ``B`` ones then ``2B`` zeros."""
-    labels = torch.zeros(3 * batch_size, dtype=torch.long, device=device)
+def itm_labels(batch_size: int, device: torch.device, num_negatives: int = 1) -> torch.Tensor:
+    """Labels of the ``(1 + 2n)B`` ITM pairs in the standard order: ``B`` ones then ``2nB``
+    zeros (``n = num_negatives``; the paper's 1 gives ``3B`` pairs)."""
+    labels = torch.zeros((1 + 2 * num_negatives) * batch_size, dtype=torch.long, device=device)
     labels[:batch_size] = 1
     return labels
 
@@ -122,9 +123,11 @@ def itm_loss(logits: torch.Tensor, labels: Optional[torch.Tensor] = None,
     """Cross-entropy of the ITM head over the valid pairs, a scalar.
 
     Args:
-        logits: ``[3B, 2]`` (positives, (text, negative image), (negative text, image)).
-        labels: ``[3B]``; None = :func:`itm_labels` order (1 for the first B, else 0).
-        valid: ``[3B]`` bool, False for pairs without a real negative; None = all valid.
+        logits: ``[N, 2]``, usually ``N = 3B`` (positives, (text, negative image), (negative
+            text, image)), or ``(1 + 2n)B`` with ``n`` negatives per sample.
+        labels: ``[N]``; None = the :func:`itm_labels` order of ``3B`` pairs (1 for the first
+            B, else 0); pass :func:`itm_labels` with ``num_negatives`` for other ``N``.
+        valid: ``[N]`` bool, False for pairs without a real negative; None = all valid.
             The loss is the mean over valid pairs (the official mean when all are valid).
     """
     if logits.dim() != 2 or logits.shape[1] != 2:

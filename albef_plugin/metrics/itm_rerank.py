@@ -83,11 +83,10 @@ def center_on_candidate_means(scores_i2t: torch.Tensor, scores_t2i: torch.Tensor
     shifted by its own amount, so the order can change. The official protocol has no such
     step (not ALBEF's; a demo choice, see the README).
     """
-    def mean_of_rows(scores: torch.Tensor) -> torch.Tensor:
-        scored = scores != NOT_RERANKED_SCORE
-        return (scores * scored).sum(1) / scored.sum(1).clamp_min(1)
-
-    def shift(scores: torch.Tensor, candidate_means: torch.Tensor) -> torch.Tensor:
-        return torch.where(scores != NOT_RERANKED_SCORE, scores - candidate_means[None, :], scores)
-
-    return shift(scores_i2t, mean_of_rows(scores_t2i)), shift(scores_t2i, mean_of_rows(scores_i2t))
+    scored_i2t, scored_t2i = scores_i2t != NOT_RERANKED_SCORE, scores_t2i != NOT_RERANKED_SCORE
+    # mean re-ranked score of each row: an image's over its top-k captions, a caption's over its
+    # top-k images
+    image_means = (scores_i2t * scored_i2t).sum(1) / scored_i2t.sum(1).clamp_min(1)
+    text_means = (scores_t2i * scored_t2i).sum(1) / scored_t2i.sum(1).clamp_min(1)
+    return (torch.where(scored_i2t, scores_i2t - text_means[None, :], scores_i2t),
+            torch.where(scored_t2i, scores_t2i - image_means[None, :], scores_t2i))

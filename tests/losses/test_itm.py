@@ -16,18 +16,26 @@ def _sims(batch, queue=3, seed=0):
             torch.randn(batch, batch + queue, generator=gen) * 5)
 
 
-def test_negatives_never_positive_with_image_ids():
-    image_ids = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4])
-    positives = positive_mask_from_ids(image_ids, 8, torch.device("cpu"))
+# a batch of 8 captions of 5 images (image 2 has three captions)
+IMAGE_IDS = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4])
+
+
+def _draws_with_image_ids(draw):
+    """``draw(sim_i2t, sim_t2i, positives, generator)`` for 20 seeds of similarities of a batch
+    with :data:`IMAGE_IDS`, one generator for all."""
+    positives = positive_mask_from_ids(IMAGE_IDS, 8, torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
-    for seed in range(20):
-        sim_i2t, sim_t2i = _sims(8, seed=seed)
-        neg_image, neg_text, valid_image, valid_text = sample_hard_negatives(
-            sim_i2t, sim_t2i, positives, generator=gen)
+    return [draw(*_sims(8, seed=seed), positives, gen) for seed in range(20)]
+
+
+def test_negatives_never_positive_with_image_ids():
+    draws = _draws_with_image_ids(lambda i2t, t2i, positives, gen: sample_hard_negatives(
+        i2t, t2i, positives, generator=gen))
+    for neg_image, neg_text, valid_image, valid_text in draws:
         assert valid_image.all() and valid_text.all()
         rows = torch.arange(8)
-        assert (image_ids[neg_image] != image_ids[rows]).all()  # text b vs its negative image
-        assert (image_ids[neg_text] != image_ids[rows]).all()   # image b vs its negative text
+        assert (IMAGE_IDS[neg_image] != IMAGE_IDS[rows]).all()  # text b vs its negative image
+        assert (IMAGE_IDS[neg_text] != IMAGE_IDS[rows]).all()   # image b vs its negative text
 
 
 def test_negatives_follow_the_similarity_weights():
@@ -52,17 +60,13 @@ def test_batch_of_one_and_all_same_image_do_not_crash():
 
 
 def test_several_negatives_per_row_are_distinct_and_never_positive():
-    image_ids = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4])
-    positives = positive_mask_from_ids(image_ids, 8, torch.device("cpu"))
-    gen = torch.Generator().manual_seed(0)
-    for seed in range(20):
-        sim_i2t, sim_t2i = _sims(8, seed=seed)
-        neg_image, neg_text, valid_image, valid_text = sample_hard_negative_sets(
-            sim_i2t, sim_t2i, 3, positives, generator=gen)
+    draws = _draws_with_image_ids(lambda i2t, t2i, positives, gen: sample_hard_negative_sets(
+        i2t, t2i, 3, positives, generator=gen))
+    for neg_image, neg_text, valid_image, valid_text in draws:
         assert neg_image.shape == neg_text.shape == valid_image.shape == (3, 8)
         assert valid_image.all() and valid_text.all()
         for negatives in (neg_image, neg_text):
-            assert (image_ids[negatives] != image_ids[None, :]).all()
+            assert (IMAGE_IDS[negatives] != IMAGE_IDS[None, :]).all()
             # three different captions or images per row (the image ids may repeat: image 2
             # has three captions, each a distinct negative)
             assert all(len(set(negatives[:, b].tolist())) == 3 for b in range(8))
@@ -95,6 +99,7 @@ def test_itm_loss_ignores_invalid_pairs():
     logits = torch.randn(9, 2, generator=gen)
     labels = itm_labels(3, torch.device("cpu"))
     assert labels.tolist() == [1, 1, 1, 0, 0, 0, 0, 0, 0]
+    assert itm_labels(2, torch.device("cpu"), num_negatives=2).tolist() == [1, 1] + [0] * 8
     torch.testing.assert_close(itm_loss(logits), F.cross_entropy(logits, labels))
     valid = torch.tensor([True] * 3 + [True, False, True] + [False, True, True])
     expected = F.cross_entropy(logits[valid], labels[valid])

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from albef_plugin.distributed import get_world_size
-from albef_plugin.losses.itm import (itm_loss, positive_mask_from_ids,
+from albef_plugin.losses.itm import (itm_labels, itm_loss, positive_mask_from_ids,
                                      sample_hard_negative_sets)
 from albef_plugin.models.albef.components import (ImageEncoderConfig, TextEncoderConfig,
                                                   build_text_encoder, build_text_encoder_mlm,
@@ -383,16 +383,15 @@ class ALBEFBase(BaseModel):
         neg_image, neg_text, valid_image, valid_text = sample_hard_negative_sets(
             sim_i2t, sim_t2i, num_negatives, positives)
         neg_image, neg_text = neg_image.reshape(-1), neg_text.reshape(-1)   # draw-major
-        repeat = num_negatives
         # pairs: (text b, image b) | (text b, hard negative images) | (hard negative texts, image b)
-        text_all = torch.cat([text_embeds, text_embeds.repeat(repeat, 1, 1), text_embeds[neg_text]])
-        mask_all = torch.cat([attention_mask, attention_mask.repeat(repeat, 1),
+        text_all = torch.cat([text_embeds, text_embeds.repeat(num_negatives, 1, 1),
+                              text_embeds[neg_text]])
+        mask_all = torch.cat([attention_mask, attention_mask.repeat(num_negatives, 1),
                               attention_mask[neg_text]])
         image_all = torch.cat([image_embeds, image_embeds[neg_image],
-                               image_embeds.repeat(repeat, 1, 1)])
+                               image_embeds.repeat(num_negatives, 1, 1)])
         logits = self.itm_logits(text_all, mask_all, image_all)
-        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        labels[:batch] = 1
+        labels = itm_labels(batch, logits.device, num_negatives)
         valid = torch.cat([torch.ones_like(valid_image[0]), valid_image.reshape(-1),
                            valid_text.reshape(-1)])
         loss = itm_loss(logits, labels, valid=valid)
