@@ -6,8 +6,8 @@ Baselines, computed here on the same test split with the same VQA accuracy:
     most frequent training answer (the best any model that ignores the image can do on this
     data; an unseen question gets the global majority).
 The task's targets are 3x the majority baseline and 10 points above the question-only one. They
-are NOT reached at the demo budget: with the demo config (1,200 updates at lr 5e-4 from the shared
-pretraining) one run with one thread gave 34.6% and the clean-clone CI run with two 27.4%, against
+are NOT reached at the test budget: with the demo config at 1,200 updates (lr 5e-4, from the shared
+pretraining; the config itself runs 1,800 at the full demo size) one run with one thread gave 34.6% and the clean-clone CI run with two 27.4%, against
 majority 14.7% and question-only 29.1% (600 updates: 22.2% at lr 5e-4, 4.5% at lr 1e-4). What is
 asserted is what both runs show, with a margin: 1.5x the majority answer, and one answer per
 test question in the EvalAI file.
@@ -25,6 +25,8 @@ from albef_plugin.metrics.vqa_accuracy import vqa_accuracy
 from albef_plugin.processors import pre_question
 
 DEMO_VQA = Path(__file__).resolve().parents[2] / "projects/albef/configs/demo/vqa.yaml"
+# 1,200 updates, as calibrated below (the demo config's 1,800 are for the full-size world)
+TEST_BUDGET = ["training.max_updates=1200"]
 QUIET = ["training.progress_bar=false", "training.tensorboard=false", "training.plot=false",
          "training.checkpoint_interval=100000"]
 
@@ -57,7 +59,7 @@ def test_vqa_beats_the_majority_and_question_only_baselines(demo_pretrain, tmp_p
     save_dir = tmp_path / "vqa"
     run([f"config={DEMO_VQA}", f"env.save_dir={save_dir}",
          *demo_pretrain.model_dotlist("albef_vqa"), *demo_pretrain.synthetic_dotlist("demo_vqa"),
-         f"model_config.albef_vqa.checkpoint={demo_pretrain.checkpoint}", *QUIET])
+         f"model_config.albef_vqa.checkpoint={demo_pretrain.checkpoint}", *TEST_BUDGET, *QUIET])
     records = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
     final = [r for r in records if r.get("kind") == "eval" and r.get("split") == "test"][-1]
     accuracy = final["test/demo_vqa/accuracy"]
