@@ -39,9 +39,9 @@ DEMO_MODEL = {"image_encoder.width": 64, "image_encoder.depth": 2, "text_encoder
               "embed_dim": 64}
 # ITC leaves chance after ~250 updates at this size (ln 32 until then): the learning rate
 # stays high afterwards so the run ends well above chance.
-# The batch size, the loss weights, one ITM negative and the start of every objective at update 0 are pinned
-# here (not inherited from the demo config, which may be retuned) so the downstream tests'
-# thresholds stay calibrated; no periodic evaluation, to keep it short.
+# The batch size, the loss weights, one ITM negative and the start of every objective at
+# update 0 are pinned here (not inherited from the demo config, which may be retuned) so the
+# downstream tests' thresholds stay calibrated; no periodic evaluation, to keep it short.
 DEMO_TRAINING = ["training.max_updates=500", "training.batch_size=32", "scheduler.params.min_lr=3e-4",
                  "training.log_interval=50",
                  "training.evaluation_interval=0",

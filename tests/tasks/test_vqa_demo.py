@@ -6,9 +6,10 @@ Baselines, computed here on the same test split with the same VQA accuracy:
     most frequent training answer (the best any model that ignores the image can do on this
     data; an unseen question gets the global majority).
 The task's targets are 3x the majority baseline and 10 points above the question-only one. They
-are NOT reached at the test budget: with the demo config at 1,200 updates (lr 5e-4, from the shared
-pretraining; the config itself runs 1,800 at the full demo size) one run with one thread gave 34.6% and the clean-clone CI run with two 27.4%, against
-majority 14.7% and question-only 29.1% (600 updates: 22.2% at lr 5e-4, 4.5% at lr 1e-4). What is
+are NOT reached at the test budget: with the demo config at 1,200 updates (lr 5e-4, from the
+shared pretraining; the config itself runs 1,800 at the full demo size) one run with one thread
+gave 34.6% and the clean-clone CI run with two 27.4%, against majority 14.7% and question-only
+29.1% (600 updates: 22.2% at lr 5e-4, 4.5% at lr 1e-4). What is
 asserted is what both runs show, with a margin: 1.5x the majority answer, and one answer per
 test question in the EvalAI file.
 """
